@@ -1,0 +1,82 @@
+"""Time `dvc repro` (demo profile) from a fresh clone and sample its peak memory.
+
+    python benchmarks/bench_repro.py [--keep]
+
+Clones the current commit into a temporary folder, runs `dvc repro` there with this
+interpreter's environment, and prints wall time, the peak of the whole process tree's resident
+memory (sampled every 0.2 s with psutil), a second `dvc repro`'s time (must be a no-op), and the
+metrics the run produced. Targets (issue #2): under 5 minutes and under 4 GB on 2 cores.
+"""
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import shutil
+import subprocess
+import sys
+import tempfile
+import threading
+import time
+from pathlib import Path
+
+import psutil
+
+REPO = Path(__file__).resolve().parent.parent
+
+
+def run_with_peak_memory(cmd: list[str], cwd: Path, env: dict) -> tuple[float, float, str]:
+    proc = subprocess.Popen(cmd, cwd=cwd, env=env, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True)
+    peak = 0
+    done = threading.Event()
+
+    def sample():
+        nonlocal peak
+        root = psutil.Process(proc.pid)
+        while not done.is_set():
+            try:
+                procs = [root, *root.children(recursive=True)]
+                peak = max(peak, sum(p.memory_info().rss for p in procs if p.is_running()))
+            except psutil.Error:
+                pass
+            time.sleep(0.2)
+
+    t = threading.Thread(target=sample, daemon=True)
+    start = time.perf_counter()
+    t.start()
+    out, _ = proc.communicate()
+    elapsed = time.perf_counter() - start
+    done.set()
+    t.join()
+    if proc.returncode != 0:
+        print(out[-5000:])
+        raise SystemExit(f"{' '.join(cmd)} failed with exit code {proc.returncode}")
+    return elapsed, peak / 2**30, out
+
+
+def main() -> None:
+    ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    ap.add_argument("--keep", action="store_true", help="keep the temporary clone")
+    args = ap.parse_args()
+    tmp = Path(tempfile.mkdtemp(prefix="tireid-repro-"))
+    clone = tmp / "clone"
+    subprocess.run(["git", "clone", "--quiet", str(REPO), str(clone)], check=True)
+    env = {**os.environ, "PATH": f"{Path(sys.executable).parent}{os.pathsep}{os.environ['PATH']}"}
+    dvc = [sys.executable, "-m", "dvc"]
+    first, peak, _ = run_with_peak_memory([*dvc, "repro"], clone, env)
+    second, _, out2 = run_with_peak_memory([*dvc, "repro"], clone, env)
+    metrics = json.loads((clone / "runs/demo/baseline/metrics.json").read_text())
+    print(f"cores: {os.cpu_count()}")
+    print(f"dvc repro (fresh clone): {first:.1f} s  (target < 300 s; ratio {first / 300:.2f})")
+    print(f"peak memory of the process tree: {peak:.2f} GiB  (target < 4 GB; ratio {peak * 2**30 / 4e9:.2f})")
+    print(f"second dvc repro: {second:.1f} s; no-op: {'didn' in out2 or 'up to date' in out2}")
+    print(f"baseline demo test metrics (best on val): {metrics['best']['test']}")
+    print(f"baseline demo test metrics (last epoch):  {metrics['last']['test']}")
+    if args.keep:
+        print(f"kept {clone}")
+    else:
+        shutil.rmtree(tmp)
+
+
+if __name__ == "__main__":
+    main()

@@ -1,0 +1,102 @@
+"""Training engine: determinism, outputs, resume after an interruption, DDP parity, devices."""
+import json
+import os
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+import torch
+import yaml
+
+from tireid_core.engine import build_experiment, fit, resolve_device
+from tireid_core.models import model_builder
+
+REPO = Path(__file__).resolve().parent.parent
+
+
+def _train(params, **kw):
+    exp = build_experiment(params, model_builder("baseline"))
+    return exp, fit(exp, **kw)
+
+
+def test_same_params_same_metrics(tiny_params, tmp_path):
+    exp_a, a = _train(tiny_params())
+    exp_b, b = _train(tiny_params(f"baseline.out_dir={tmp_path / 'again'}"))
+    assert a["summary"] == b["summary"]
+    assert [h["train/loss"] for h in a["history"]] == [h["train/loss"] for h in b["history"]]
+
+
+def test_run_writes_resolved_params_metrics_and_records(tiny_params):
+    exp, result = _train(tiny_params())
+    run = exp.run_dir
+    resolved = yaml.safe_load((run / "params.resolved.yaml").read_text())
+    assert resolved["train"]["epochs"] == 2 and resolved["data"]["root"] == exp.params.data.root
+    metrics = json.loads((run / "metrics.json").read_text())
+    assert set(metrics) >= {"best", "last", "selection_split"}
+    assert metrics["selection_split"] == "val"
+    assert set(metrics["best"]["test"]) == {"R1", "R5", "R10", "rSum", "mAP", "mINP"}
+    record = json.loads((run / "eval" / "test_best.json").read_text())["final"]
+    assert record["ap_convention"] == "noninterp" and record["row"] == "best" and record["split"] == "test"
+    assert record["n_queries_valid"] == len(exp.test_set.captions)
+    assert (run / "dvclive" / "plots" / "metrics" / "val" / "R1.tsv").exists()
+    # checkpoints are plain tensors and containers: loadable with weights_only=True
+    state = torch.load(run / "checkpoints" / "last.pt", weights_only=True)
+    assert state["epoch"] == 1 and len(state["history"]) == 2
+    assert torch.load(run / "checkpoints" / "best.pt", weights_only=True)["epoch"] == metrics["best"]["epoch"]
+
+
+class Interrupted(Exception):
+    pass
+
+
+def test_resume_after_interruption_matches_uninterrupted_run(tiny_params, tmp_path):
+    sets = ("baseline.train.epochs=3",)
+    _, full = _train(tiny_params(*sets, f"baseline.out_dir={tmp_path / 'full'}"))
+
+    def stop_after_first_epoch(epoch, record):
+        if epoch == 0:
+            raise Interrupted
+
+    params = tiny_params(*sets, f"baseline.out_dir={tmp_path / 'interrupted'}")
+    with pytest.raises(Interrupted):
+        _train(params, on_epoch_end=stop_after_first_epoch)
+    assert not (tmp_path / "interrupted" / "metrics.json").exists()
+    _, resumed = _train(params, resume=True)
+    assert resumed["summary"] == full["summary"]
+    assert [h["train/loss"] for h in resumed["history"]] == [h["train/loss"] for h in full["history"]]
+
+
+def test_device_resolution():
+    assert resolve_device("cpu").type == "cpu"
+    if not torch.cuda.is_available():
+        assert resolve_device("auto").type == "cpu"
+        with pytest.raises(RuntimeError, match="CUDA is not available"):
+            resolve_device("cuda")
+
+
+@pytest.mark.slow
+def test_ddp_two_cpu_processes_match_single_process(tiny_params, tmp_path, tiny_simpedes):
+    # Exact parity needs the same objective: frozen BN statistics, no dropout, no random flip.
+    common = [
+        "baseline.train.freeze_bn=true",
+        "baseline.model.text_dropout=0.0",
+        "baseline.data.hflip=false",
+        f"baseline.data.root={tiny_simpedes}",
+    ]
+    env = {**os.environ, "OMP_NUM_THREADS": "1", "PYTHONPATH": str(REPO)}
+
+    def run(out, launcher):
+        cmd = [*launcher, "-m", "tireid_core.train", "baseline", "--params", str(REPO / "params.yaml"),
+               "--profile", "tiny", *sum((["--set", s] for s in [*common, f"baseline.out_dir={out}"]), [])]
+        proc = subprocess.run(cmd, env=env, capture_output=True, text=True, timeout=300)
+        assert proc.returncode == 0, proc.stderr[-3000:]
+        return torch.load(out / "checkpoints" / "last.pt", weights_only=True)
+
+    single = run(tmp_path / "single", [sys.executable])
+    ddp = run(tmp_path / "ddp", [sys.executable, "-m", "torch.distributed.run", "--standalone", "--nproc_per_node", "2"])
+    for h1, h2 in zip(single["history"], ddp["history"]):
+        assert h2["train/loss"] == pytest.approx(h1["train/loss"], rel=1e-4, abs=1e-5)
+    for name, w in single["model"].items():
+        if w.is_floating_point():
+            assert torch.allclose(w, ddp["model"][name], atol=1e-4, rtol=1e-3), name

@@ -1,0 +1,58 @@
+"""Parameter validation: every wrong key or value names itself."""
+from pathlib import Path
+
+import pytest
+import yaml
+
+from tireid_core.params import ParamsError, RunParams, deep_merge, from_dict, load_run_params, parse_set
+
+REPO = Path(__file__).resolve().parent.parent
+
+
+def test_repo_params_and_profiles_are_valid():
+    for profile in ("demo", "tiny", "paper"):
+        p = load_run_params("baseline", params_file=REPO / "params.yaml", profile=profile)
+        assert Path(p.out_dir).is_absolute() and Path(p.data.root).is_absolute()
+    paper = load_run_params("baseline", params_file=REPO / "params.yaml", profile="paper")
+    assert paper.model.image_backbone == "resnet50" and paper.model.text_encoder == "bert"
+    assert (paper.data.height, paper.data.width) == (384, 128)
+
+
+@pytest.mark.parametrize(
+    "override, message",
+    [
+        ({"train": {"lrr": 0.1}}, r"baseline\.train\.lrr: unknown key"),
+        ({"train": {"lr": "fast"}}, r"baseline\.train\.lr: expected a number"),
+        ({"train": {"lr": -1}}, r"baseline\.train\.lr: must be positive"),
+        ({"train": {"epochs": 0}}, r"baseline\.train\.epochs: must be positive"),
+        ({"model": {"text_encoder": "gru"}}, r"baseline\.model\.text_encoder: 'gru' is not one of"),
+        ({"train": {"selection_split": "dev"}}, r"baseline\.train\.selection_split"),
+        ({"data": {"hflip": "yes"}}, r"baseline\.data\.hflip: expected bool"),
+        ({"model": {"backbone_widths": [8, "x"]}}, r"baseline\.model\.backbone_widths"),
+        ({"train": {"batch_size": 1}}, r"baseline\.train\.batch_size"),
+        ({"model": {"last_stride": 3}}, r"baseline\.model\.last_stride"),
+        ({"eval": []}, r"baseline\.eval: expected a mapping"),
+    ],
+)
+def test_wrong_values_name_their_key(override, message):
+    base = yaml.safe_load((REPO / "params.yaml").read_text())["baseline"]
+    with pytest.raises(ParamsError, match=message):
+        from_dict(RunParams, deep_merge(base, override), "baseline")
+
+
+def test_set_overrides_and_missing_files(tmp_path):
+    assert parse_set(["a.b.c=3", "a.d=[1, 2]", "e=x"]) == {"a": {"b": {"c": 3}, "d": [1, 2]}, "e": "x"}
+    with pytest.raises(ParamsError, match="KEY=VALUE"):
+        parse_set(["a.b"])
+    p = load_run_params("baseline", params_file=REPO / "params.yaml", sets=["baseline.train.epochs=3"])
+    assert p.train.epochs == 3
+    with pytest.raises(ParamsError, match="profile 'nope'"):
+        load_run_params("baseline", params_file=REPO / "params.yaml", profile="nope")
+    with pytest.raises(ParamsError, match="section 'ssan' missing"):
+        load_run_params("ssan", params_file=REPO / "params.yaml")
+    bad = tmp_path / "params.yaml"
+    bad.write_text("baseline: [1, 2\n")
+    with pytest.raises(ParamsError, match="params.yaml: not valid YAML"):
+        load_run_params("baseline", params_file=bad)
+    with pytest.raises(ParamsError, match="not found"):
+        load_run_params("baseline", params_file=tmp_path / "missing.yaml")

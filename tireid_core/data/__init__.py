@@ -1,0 +1,1 @@
+"""Datasets, the SimPEDES generator, transforms, samplers and tokenisers."""

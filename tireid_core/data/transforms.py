@@ -1,0 +1,16 @@
+"""Image transforms: one place that decides input size, augmentation and normalisation."""
+from __future__ import annotations
+
+from torchvision import transforms as T
+
+IMAGENET_MEAN = (0.485, 0.456, 0.406)
+IMAGENET_STD = (0.229, 0.224, 0.225)
+
+
+def build_image_transform(height: int, width: int, *, train: bool, hflip: bool = True) -> T.Compose:
+    """Resize to (height, width) with bicubic interpolation; flip only when training."""
+    steps = [T.Resize((height, width), interpolation=T.InterpolationMode.BICUBIC)]
+    if train and hflip:
+        steps.append(T.RandomHorizontalFlip())
+    steps += [T.ToTensor(), T.Normalize(IMAGENET_MEAN, IMAGENET_STD)]
+    return T.Compose(steps)

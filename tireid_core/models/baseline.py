@@ -1,0 +1,85 @@
+"""The baseline every paper compares against: one global image and one global text feature.
+
+Image: backbone → last feature map → global pooling → linear projection.
+Text: per-token encoder → pooling over real tokens → linear projection.
+Training: an identity loss with one classifier shared by both modalities, plus CMPM.
+Test-time similarity: cosine of the two global features.
+"""
+from __future__ import annotations
+
+import torch
+import torch.nn as nn
+
+from tireid_core.distributed import gather_with_grad
+from tireid_core.losses import cmpm_loss, id_loss
+from tireid_core.models.backbones import create_backbone
+from tireid_core.models.text_encoders import create_text_encoder
+from tireid_core.params import ModelParams, TrainParams
+
+
+def pool_tokens(feats: torch.Tensor, mask: torch.Tensor, how: str) -> torch.Tensor:
+    """Max or mean over real tokens only; a row without tokens pools to zeros (never NaN/-inf)."""
+    m = mask.unsqueeze(-1)
+    if how == "max":
+        pooled = feats.masked_fill(~m, float("-inf")).amax(1)
+        return torch.where(mask.any(1, keepdim=True), pooled, torch.zeros_like(pooled))
+    return (feats * m).sum(1) / m.sum(1).clamp(min=1)
+
+
+def build_text_encoder(p: ModelParams, vocab_size: int) -> nn.Module:
+    if p.text_encoder == "bilstm":
+        return create_text_encoder(
+            "bilstm", vocab_size=vocab_size, embed_dim=p.word_embed_dim, hidden=p.text_hidden, dropout=p.text_dropout
+        )
+    if p.text_encoder == "transformer":
+        return create_text_encoder(
+            "transformer", vocab_size=vocab_size, dim=p.text_hidden, layers=p.text_layers, heads=p.text_heads,
+            dropout=p.text_dropout,
+        )
+    return create_text_encoder("bert", name_or_path=p.text_model, pretrained=p.text_pretrained)
+
+
+class Baseline(nn.Module):
+    def __init__(self, p: ModelParams, vocab_size: int, num_classes: int):
+        super().__init__()
+        self.pooling = p.pooling
+        widths = tuple(p.backbone_widths) if p.backbone_widths else None
+        self.backbone = create_backbone(
+            p.image_backbone, pretrained=p.pretrained, last_stride=p.last_stride, widths=widths
+        )
+        self.image_proj = nn.Linear(self.backbone.channels["layer4"], p.feature_dim)
+        self.text_encoder = build_text_encoder(p, vocab_size)
+        self.text_proj = nn.Linear(self.text_encoder.out_dim, p.feature_dim)
+        self.classifier = nn.Linear(p.feature_dim, num_classes)  # shared by both modalities
+        nn.init.normal_(self.classifier.weight, std=0.001)
+        nn.init.zeros_(self.classifier.bias)
+
+    def encode_images(self, images: torch.Tensor) -> torch.Tensor:
+        fmap = self.backbone(images)["layer4"]
+        pooled = fmap.amax((2, 3)) if self.pooling == "max" else fmap.mean((2, 3))
+        return self.image_proj(pooled)
+
+    def encode_texts(self, ids: torch.Tensor, mask: torch.Tensor) -> torch.Tensor:
+        return self.text_proj(pool_tokens(self.text_encoder(ids, mask), mask, self.pooling))
+
+    def forward(self, batch: dict, tp: TrainParams) -> dict[str, torch.Tensor]:
+        """Training losses for one (local) batch; matching losses see the batch gathered over ranks."""
+        img = self.encode_images(batch["image"])
+        txt = self.encode_texts(batch["ids"], batch["mask"])
+        labels = batch["label"]
+        terms = {}
+        if tp.id_weight:
+            terms["id"] = tp.id_weight * (id_loss(self.classifier(img), labels) + id_loss(self.classifier(txt), labels))
+        if tp.cmpm_weight:
+            all_img, all_txt, all_labels = gather_with_grad(img), gather_with_grad(txt), gather_with_grad(labels)
+            terms["cmpm"] = tp.cmpm_weight * cmpm_loss(all_img, all_txt, all_labels, q_norm=tp.cmpm_q_norm)
+        terms["loss"] = sum(terms.values())
+        return terms
+
+    @staticmethod
+    def similarities(image_feats: torch.Tensor, text_feats: torch.Tensor) -> dict[str, torch.Tensor]:
+        """Text-to-image score matrices by name; "final" is what model selection uses."""
+        from tireid_core.metrics import cosine_similarity
+
+        s = cosine_similarity(text_feats, image_feats)
+        return {"final": s}

@@ -1,0 +1,256 @@
+"""Typed, validated parameters read from `params.yaml` (plus optional profile override files).
+
+Every run is described by one `RunParams`; a wrong key or value fails with a message that names
+the dotted key (``baseline.train.lr``), so a typo never silently falls back to a default.
+Profiles: `params.yaml` holds the demo values; `configs/<profile>.yaml` holds partial overrides
+(same layout) for the `tiny` test profile and the `paper` configuration.
+"""
+from __future__ import annotations
+
+import copy
+import dataclasses
+import types
+import typing
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any, Literal
+
+import yaml
+
+
+class ParamsError(ValueError):
+    """A parameter file or value is wrong; the message names the file and/or dotted key."""
+
+
+@dataclass
+class DataParams:
+    dataset: str = "simpedes"  # a name known to tireid_core.data.datasets.load_text_image_dataset
+    root: str = "data/simpedes"
+    height: int = 96
+    width: int = 32
+    hflip: bool = True  # random horizontal flip during training
+    max_words: int = 48
+    num_workers: int = 0
+
+
+@dataclass
+class ModelParams:
+    image_backbone: Literal["resnet_small", "resnet50"] = "resnet_small"
+    backbone_widths: list[int] | None = None  # resnet_small only
+    pretrained: bool | str = False  # True = ImageNet weights through torchvision; or a local .pth path
+    last_stride: int = 2
+    text_encoder: Literal["bilstm", "transformer", "bert"] = "bilstm"
+    text_model: str = "bert-base-uncased"  # name or local folder, for text_encoder=bert
+    text_pretrained: bool = True  # for text_encoder=bert
+    word_min_count: int = 2  # vocabulary for bilstm/transformer
+    word_embed_dim: int = 128
+    text_hidden: int = 128
+    text_layers: int = 2
+    text_heads: int = 4
+    text_dropout: float = 0.1
+    feature_dim: int = 256
+    pooling: Literal["max", "avg"] = "max"
+
+
+@dataclass
+class TrainParams:
+    seed: int = 0
+    epochs: int = 10
+    batch_size: int = 64
+    lr: float = 1e-3
+    weight_decay: float = 4e-5
+    backbone_lr_mult: float = 1.0  # lr multiplier for pretrained encoders
+    warmup_epochs: int = 1
+    schedule: Literal["cosine", "step", "constant"] = "cosine"
+    milestones: list[int] = field(default_factory=list)  # for schedule=step
+    gamma: float = 0.1
+    id_weight: float = 1.0
+    cmpm_weight: float = 1.0
+    cmpm_q_norm: Literal["l1", "l2"] = "l1"
+    grad_clip: float = 0.0  # 0 = off
+    freeze_bn: bool = False  # BatchNorm layers kept in eval mode (exact DDP parity, fine-tuning)
+    selection_split: Literal["val", "test", "last"] = "val"
+    device: str = "auto"  # auto | cpu | cuda | cuda:N
+    amp: bool = True  # mixed precision, used only on CUDA
+    log_every: int = 0  # 0 = progress bar only
+
+
+@dataclass
+class EvalParams:
+    ap_convention: Literal["noninterp", "trapezoid"] = "noninterp"
+    tie_mode: Literal["stable", "expected"] = "stable"
+    batch_size: int = 128
+    retrieval_examples: int = 4
+
+
+@dataclass
+class RunParams:
+    out_dir: str = "runs/demo/baseline"
+    data: DataParams = field(default_factory=DataParams)
+    model: ModelParams = field(default_factory=ModelParams)
+    train: TrainParams = field(default_factory=TrainParams)
+    eval: EvalParams = field(default_factory=EvalParams)
+
+
+def _check_value(value: Any, annotation: Any, key: str) -> Any:
+    """Check `value` against a type annotation; return it (ints accepted for floats)."""
+    origin = typing.get_origin(annotation)
+    if origin is Literal:
+        if value not in typing.get_args(annotation):
+            raise ParamsError(f"{key}: {value!r} is not one of {list(typing.get_args(annotation))}")
+        return value
+    if origin in (typing.Union, types.UnionType):
+        for option in typing.get_args(annotation):
+            try:
+                return _check_value(value, option, key)
+            except ParamsError:
+                continue
+        raise ParamsError(f"{key}: {value!r} does not have the expected type {annotation}")
+    if annotation is type(None):
+        if value is not None:
+            raise ParamsError(f"{key}: expected null, got {value!r}")
+        return value
+    if origin is list:
+        if not isinstance(value, list):
+            raise ParamsError(f"{key}: expected a list, got {value!r}")
+        (item_type,) = typing.get_args(annotation)
+        return [_check_value(v, item_type, f"{key}[{i}]") for i, v in enumerate(value)]
+    if annotation is float:
+        if isinstance(value, bool) or not isinstance(value, (int, float)):
+            raise ParamsError(f"{key}: expected a number, got {value!r}")
+        return float(value)
+    if annotation is int or annotation is bool or annotation is str:
+        if type(value) is not annotation:
+            raise ParamsError(f"{key}: expected {annotation.__name__}, got {value!r}")
+        return value
+    if dataclasses.is_dataclass(annotation):
+        return from_dict(annotation, value, key)
+    raise TypeError(f"unsupported annotation {annotation} for {key}")
+
+
+def from_dict(cls: type, data: Any, key: str):
+    """Build dataclass `cls` from a mapping, rejecting unknown keys and wrong types by dotted name."""
+    if not isinstance(data, dict):
+        raise ParamsError(f"{key}: expected a mapping, got {data!r}")
+    hints = typing.get_type_hints(cls)
+    known = {f.name for f in dataclasses.fields(cls)}
+    unknown = sorted(set(data) - known)
+    if unknown:
+        raise ParamsError(f"{key}.{unknown[0]}: unknown key (known keys: {', '.join(sorted(known))})")
+    kwargs = {name: _check_value(v, hints[name], f"{key}.{name}") for name, v in data.items()}
+    obj = cls(**kwargs)
+    _check_ranges(obj, key)
+    return obj
+
+
+def _check_ranges(obj: Any, key: str) -> None:
+    """Value checks that a type cannot express."""
+    positive = {
+        DataParams: ("height", "width", "max_words"),
+        ModelParams: ("word_embed_dim", "text_hidden", "text_layers", "text_heads", "feature_dim", "word_min_count"),
+        TrainParams: ("epochs", "batch_size"),
+        EvalParams: ("batch_size",),
+    }.get(type(obj), ())
+    for name in positive:
+        if getattr(obj, name) <= 0:
+            raise ParamsError(f"{key}.{name}: must be positive, got {getattr(obj, name)!r}")
+    if isinstance(obj, TrainParams):
+        if obj.lr <= 0:
+            raise ParamsError(f"{key}.lr: must be positive, got {obj.lr!r}")
+        if obj.batch_size < 2:
+            raise ParamsError(f"{key}.batch_size: ranking/matching losses need at least 2 samples per batch")
+        if obj.warmup_epochs < 0 or obj.warmup_epochs >= obj.epochs and obj.epochs > 1:
+            raise ParamsError(f"{key}.warmup_epochs: must be in [0, epochs), got {obj.warmup_epochs!r}")
+    if isinstance(obj, ModelParams) and obj.last_stride not in (1, 2):
+        raise ParamsError(f"{key}.last_stride: must be 1 or 2, got {obj.last_stride!r}")
+    if isinstance(obj, DataParams) and obj.num_workers < 0:
+        raise ParamsError(f"{key}.num_workers: must be >= 0, got {obj.num_workers!r}")
+
+
+def deep_merge(base: dict, override: dict) -> dict:
+    """Recursively merge `override` into a copy of `base` (mappings merge, everything else replaces)."""
+    out = copy.deepcopy(base)
+    for k, v in override.items():
+        if isinstance(v, dict) and isinstance(out.get(k), dict):
+            out[k] = deep_merge(out[k], v)
+        else:
+            out[k] = copy.deepcopy(v)
+    return out
+
+
+def read_yaml(path: str | Path) -> dict:
+    path = Path(path)
+    if not path.exists():
+        raise ParamsError(f"{path}: parameter file not found")
+    try:
+        data = yaml.safe_load(path.read_text())
+    except yaml.YAMLError as err:
+        raise ParamsError(f"{path}: not valid YAML: {err}") from None
+    if data is None:
+        return {}
+    if not isinstance(data, dict):
+        raise ParamsError(f"{path}: top level must be a mapping of sections")
+    return data
+
+
+def parse_set(assignments: list[str]) -> dict:
+    """Turn ``["baseline.train.lr=0.01", ...]`` into a nested override dict (values parsed as YAML)."""
+    out: dict = {}
+    for item in assignments:
+        if "=" not in item:
+            raise ParamsError(f"--set {item!r}: expected KEY=VALUE with a dotted key")
+        key, raw = item.split("=", 1)
+        node = out
+        parts = key.strip().split(".")
+        for p in parts[:-1]:
+            node = node.setdefault(p, {})
+        node[parts[-1]] = yaml.safe_load(raw)
+    return out
+
+
+def load_section(
+    section: str,
+    params_file: str | Path = "params.yaml",
+    profile: str = "demo",
+    sets: list[str] | None = None,
+    configs_dir: str | Path | None = None,
+) -> dict:
+    """Resolve one section: params.yaml, then configs/<profile>.yaml, then --set overrides."""
+    params_file = Path(params_file)
+    data = read_yaml(params_file)
+    if profile != "demo":
+        cdir = Path(configs_dir) if configs_dir else params_file.parent / "configs"
+        profile_file = cdir / f"{profile}.yaml"
+        if not profile_file.exists():
+            known = sorted(p.stem for p in cdir.glob("*.yaml"))
+            raise ParamsError(f"profile {profile!r}: {profile_file} not found (known: demo, {', '.join(known)})")
+        data = deep_merge(data, read_yaml(profile_file))
+    if sets:
+        data = deep_merge(data, parse_set(sets))
+    if section not in data:
+        raise ParamsError(f"{params_file}: section {section!r} missing (sections: {', '.join(sorted(data))})")
+    return data[section]
+
+
+def load_run_params(section: str, params_file: str | Path = "params.yaml", **kwargs) -> RunParams:
+    """The validated RunParams of a method section (see `load_section` for the layering).
+
+    Relative paths (out_dir, data.root) resolve against the params file's folder, so a run does
+    not depend on the working directory it was started from.
+    """
+    params = from_dict(RunParams, load_section(section, params_file=params_file, **kwargs), section)
+    base = Path(params_file).resolve().parent
+    params.out_dir = str(base / params.out_dir)
+    params.data.root = str(base / params.data.root)
+    return params
+
+
+def to_dict(params: Any) -> dict:
+    return dataclasses.asdict(params)
+
+
+def save_params(params: Any, path: str | Path) -> None:
+    """Write resolved parameters next to a run's metrics (atomic)."""
+    from tireid_core.io import atomic_write_text
+
+    atomic_write_text(Path(path), yaml.safe_dump(to_dict(params), sort_keys=False))
