@@ -35,11 +35,11 @@ def test_run_writes_resolved_params_metrics_and_records(tiny_params):
     metrics = json.loads((run / "metrics.json").read_text())
     assert set(metrics) >= {"best", "last", "selection_split"}
     assert metrics["selection_split"] == "val"
-    assert set(metrics["best"]["test"]) == {"R1", "R5", "R10", "rSum", "mAP", "mINP"}
+    assert set(metrics["best"]["test"]) == {"R@1", "R@5", "R@10", "rSum", "mAP", "mINP"}
     record = json.loads((run / "eval" / "test_best.json").read_text())["final"]
     assert record["ap_convention"] == "noninterp" and record["row"] == "best" and record["split"] == "test"
     assert record["n_queries_valid"] == len(exp.test_set.captions)
-    assert (run / "dvclive" / "plots" / "metrics" / "val" / "R1.tsv").exists()
+    assert (run / "dvclive" / "plots" / "metrics" / "val" / "R@1.tsv").exists()
     # checkpoints are plain tensors and containers: loadable with weights_only=True
     state = torch.load(run / "checkpoints" / "last.pt", weights_only=True)
     assert state["epoch"] == 1 and len(state["history"]) == 2
@@ -97,6 +97,8 @@ def test_ddp_two_cpu_processes_match_single_process(tiny_params, tmp_path, tiny_
     ddp = run(tmp_path / "ddp", [sys.executable, "-m", "torch.distributed.run", "--standalone", "--nproc_per_node", "2"])
     for h1, h2 in zip(single["history"], ddp["history"]):
         assert h2["train/loss"] == pytest.approx(h1["train/loss"], rel=1e-4, abs=1e-5)
+    # Adam normalises gradients, so float-order differences in near-zero gradients move a weight by up to
+    # a fraction of one step (lr = 1e-3); a wrong objective would drift by many steps.
     for name, w in single["model"].items():
         if w.is_floating_point():
-            assert torch.allclose(w, ddp["model"][name], atol=1e-4, rtol=1e-3), name
+            assert torch.allclose(w, ddp["model"][name], atol=1e-3, rtol=0), name

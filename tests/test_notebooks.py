@@ -35,5 +35,5 @@ def test_notebook_runs_on_tiny_profile(name, tmp_path, tiny_simpedes):
     assert (tmp_path / "nb" / f"{name}.html").exists()
     if name == "baseline":
         metrics = json.loads((tmp_path / "baseline" / "metrics.json").read_text())
-        assert metrics["best"]["test"]["R1"] >= 0
+        assert metrics["best"]["test"]["R@1"] >= 0
         assert (tmp_path / "baseline" / "figures" / "retrieval.png").exists()

@@ -35,7 +35,7 @@ from tireid_core.io import atomic_torch_save, write_json
 from tireid_core.metrics import metrics_record, retrieval_metrics
 from tireid_core.params import RunParams, save_params, to_dict
 
-SUMMARY_KEYS = ("R1", "R5", "R10", "rSum", "mAP", "mINP")
+SUMMARY_KEYS = ("R@1", "R@5", "R@10", "rSum", "mAP", "mINP")
 
 
 def seed_everything(seed: int) -> None:
@@ -301,7 +301,7 @@ def fit(
             scheduler.step()
             for k, v in terms.items():
                 running[k] = running.get(k, 0.0) + float(v.detach())
-            bar.set_postfix(loss=f"{float(terms['loss']):.3f}")
+            bar.set_postfix(loss=f"{float(terms['loss'].detach()):.3f}")
         running = dist.mean_over_ranks(running)  # each rank saw part of every batch
         record = {"epoch": epoch, **{f"train/{k}": v / len(batches) for k, v in running.items()}}
         record["lr"] = optimizer.param_groups[0]["lr"]
@@ -310,11 +310,11 @@ def fit(
             if exp.val_set is not None and tp.selection_split == "val":
                 val = evaluate(exp, exp.val_set, device)["metrics"]["final"]
                 record.update({f"val/{k}": float(val[k]) for k in SUMMARY_KEYS})
-                score = float(val["R1"])
+                score = float(val["R@1"])
             elif tp.selection_split == "test":
                 test = evaluate(exp, exp.test_set, device)["metrics"]["final"]
                 record.update({f"test/{k}": float(test[k]) for k in SUMMARY_KEYS})
-                score = float(test["R1"])
+                score = float(test["R@1"])
             else:  # "last", or no val split: the last epoch is the selected one
                 score = float(epoch)
             if score > best["score"]:
@@ -372,7 +372,7 @@ def _final_evaluation(exp: Experiment, device: torch.device, history: list, best
         recs = {name: metrics_record(m, row=row, epoch=epoch, **context) for name, m in ev["metrics"].items()}
         write_json(run_dir / "eval" / f"test_{row}.json", recs)
         summary_out[row] = {"epoch": epoch, "test": summary(ev["metrics"]["final"])}
-        if row == "best" and any("val/R1" in h for h in history):
+        if row == "best" and any("val/R@1" in h for h in history):
             summary_out[row]["val"] = {k: round(history[epoch][f"val/{k}"], 2) for k in SUMMARY_KEYS}
     summary_out["selection_split"] = context["selection_split"]
     summary_out["n_test_queries"] = int(best_eval["metrics"]["final"]["n_queries_valid"])

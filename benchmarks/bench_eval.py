@@ -1,0 +1,112 @@
+"""Timing of the evaluation metrics on a CUHK-PEDES-sized problem (6,156 captions x 3,074 images).
+
+Prints figures only (no assertions): median seconds of the fast path after a warm-up, queries per
+second, and the speed-up over the per-query reference loop, timed on a subset and extrapolated.
+Run: python benchmarks/bench_eval.py
+"""
+
+import os
+import statistics
+import sys
+import time
+import warnings
+from pathlib import Path
+
+import torch
+
+sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
+from tireid_core.metrics import _reference_retrieval, reid_metrics, retrieval_metrics  # noqa: E402
+
+N_CAPTIONS, N_IMAGES, N_IDS = 6156, 3074, 1000
+REFERENCE_QUERIES = 200
+RUNS = 5
+
+
+def make_problem(seed=0):
+    """Captions of 1,000 identities over their images, with scores that favour the right person."""
+    g = torch.Generator().manual_seed(seed)
+    image_pids = torch.arange(N_IMAGES) % N_IDS
+    image_pids = image_pids[torch.randperm(N_IMAGES, generator=g)]
+    caption_image = torch.arange(N_CAPTIONS) % N_IMAGES  # about two captions per image
+    caption_pids = image_pids[caption_image]
+    scores = torch.randn(N_CAPTIONS, N_IMAGES, generator=g) * 0.1
+    scores += 0.25 * (caption_pids[:, None] == image_pids[None, :])
+    cams = torch.randint(0, 6, (N_IMAGES,), generator=g)
+    q_cams = torch.randint(0, 6, (N_CAPTIONS,), generator=g)
+    return scores, caption_pids, image_pids, q_cams, cams
+
+
+def median_time(fn, runs=RUNS, sync=False):
+    fn()  # warm-up
+    times = []
+    for _ in range(runs):
+        if sync:
+            torch.cuda.synchronize()
+        start = time.perf_counter()
+        fn()
+        if sync:
+            torch.cuda.synchronize()
+        times.append(time.perf_counter() - start)
+    return statistics.median(times)
+
+
+def report(label, seconds, n_queries, reference_seconds=None):
+    line = f"{label:48s} {seconds:8.3f} s  {n_queries / seconds:12,.0f} queries/s"
+    if reference_seconds is not None:
+        line += f"  speed-up vs reference x{reference_seconds / seconds:,.0f}"
+    print(line)
+
+
+def main():
+    threads = len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else os.cpu_count()
+    torch.set_num_threads(threads)
+    warnings.simplefilter("ignore")
+    scores, qp, gp, q_cams, g_cams = make_problem()
+    print(f"problem: {N_CAPTIONS} x {N_IMAGES}, {N_IDS} identities; torch {torch.__version__}, "
+          f"{threads} CPU threads")
+
+    sub = slice(0, REFERENCE_QUERIES)
+    start = time.perf_counter()
+    ref = _reference_retrieval(scores[sub], qp[sub], gp)
+    ref_full = (time.perf_counter() - start) * N_CAPTIONS / REFERENCE_QUERIES
+    print(f"{'reference loop (' + str(REFERENCE_QUERIES) + ' queries, extrapolated)':48s} {ref_full:8.3f} s")
+
+    fast_sub = retrieval_metrics(scores[sub], qp[sub], gp)
+    agree = all(abs(fast_sub[k] - ref[k]) < 1e-9 for k in ("R@1", "R@5", "R@10", "mAP", "mINP"))
+    print(f"fast == reference on the subset: {agree}")
+
+    m = retrieval_metrics(scores, qp, gp)
+    print(f"metrics: R@1 {m['R@1']:.2f}  R@5 {m['R@5']:.2f}  R@10 {m['R@10']:.2f}  mAP {m['mAP']:.2f}  "
+          f"mINP {m['mINP']:.2f}")
+
+    cases = [
+        ("cpu  t2i stable, noninterp (fp32)", lambda: retrieval_metrics(scores, qp, gp)),
+        ("cpu  t2i stable, trapezoid (fp32)", lambda: retrieval_metrics(scores, qp, gp, ap_convention="trapezoid")),
+        ("cpu  t2i stable, fp64 input (torch.sort path)", lambda: retrieval_metrics(scores.double(), qp, gp)),
+        ("cpu  i2t stable (transposed)", lambda: retrieval_metrics(scores.T, gp, qp)),
+        ("cpu  t2i tie_mode=expected", lambda: retrieval_metrics(scores, qp, gp, tie_mode="expected")),
+        ("cpu  reid (scores as distances, 6 cameras)", lambda: reid_metrics(scores, qp, gp, q_cams, g_cams)),
+    ]
+    for label, fn in cases:
+        report(label, median_time(fn), N_CAPTIONS if "i2t" not in label else N_IMAGES,
+               ref_full if "t2i stable, noninterp" in label else None)
+
+    if torch.cuda.is_available():
+        s_gpu = scores.cuda()
+        print(f"CUDA: {torch.cuda.get_device_name()}")
+        gpu = retrieval_metrics(s_gpu, qp, gp)
+        print(f"cuda == cpu: {all(abs(gpu[k] - m[k]) < 1e-9 for k in ('R@1', 'R@5', 'R@10', 'mAP', 'mINP'))}")
+        cuda_cases = [
+            ("cuda t2i stable, noninterp (fp32)", lambda: retrieval_metrics(s_gpu, qp, gp)),
+            ("cuda t2i tie_mode=expected", lambda: retrieval_metrics(s_gpu, qp, gp, tie_mode="expected")),
+            ("cuda reid", lambda: reid_metrics(s_gpu, qp, gp, q_cams, g_cams)),
+        ]
+        for label, fn in cuda_cases:
+            report(label, median_time(fn, sync=True), N_CAPTIONS,
+                   ref_full if "noninterp" in label else None)
+    else:
+        print("CUDA: not available")
+
+
+if __name__ == "__main__":
+    main()

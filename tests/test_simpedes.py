@@ -1,0 +1,209 @@
+"""SimPEDES generator: determinism, real on-disk formats, ground truth, noise index, atomic write, params."""
+import json
+import re
+from pathlib import Path
+
+import numpy as np
+import pytest
+from PIL import Image
+
+from tireid_core.data import simpedes as sp
+from tireid_core.data.simpedes import SimPEDESParams, content_hash, generate, load_meta, token_part_labels
+
+TINY = dict(ids_train=6, ids_val=3, ids_test=3, images_per_id=3, distractors=3, junk=2,
+            near_twin_rate=0.5, noise_rate=0.5)
+MARKET_NAME = re.compile(r"([-\d]+)_c(\d)s(\d)_(\d{6})_(\d{2})\.png$")
+
+
+def _files(root: Path) -> dict[str, bytes]:
+    return {p.relative_to(root).as_posix(): p.read_bytes() for p in sorted(root.rglob("*")) if p.is_file()}
+
+
+@pytest.fixture(scope="module")
+def tiny(tmp_path_factory):
+    out = tmp_path_factory.mktemp("sp") / "simpedes"
+    meta = generate(SimPEDESParams(**TINY), out)
+    return out, meta
+
+
+@pytest.fixture(scope="module")
+def records(tiny):
+    return json.loads((tiny[0] / "reid_raw.json").read_text())
+
+
+def test_same_seed_is_byte_identical_and_seed_changes_hash(tiny, tmp_path):
+    root, meta = tiny
+    again = generate(SimPEDESParams(**TINY), tmp_path / "again")
+    assert _files(root) == _files(tmp_path / "again")
+    assert again["content_hash"] == meta["content_hash"] == content_hash(root)
+    other = generate(SimPEDESParams(**{**TINY, "seed": 1}), tmp_path / "other")
+    assert other["content_hash"] != meta["content_hash"]
+
+
+def test_cuhk_form_splits_ids_and_captions(tiny, records):
+    root, _ = tiny
+    assert [sorted(r) for r in records[:1]] == [["captions", "file_path", "id", "processed_tokens", "split"]]
+    ids = {s: {r["id"] for r in records if r["split"] == s} for s in ("train", "val", "test")}
+    assert ids["train"] == set(range(1, 7)) and ids["val"] == {7, 8, 9} and ids["test"] == {10, 11, 12}
+    assert not (ids["train"] & ids["val"] or ids["train"] & ids["test"] or ids["val"] & ids["test"])
+    assert len(records) == 12 * 3
+    for r in records:
+        assert len(r["captions"]) == 2 and len(r["processed_tokens"]) == 2
+        assert all(c.strip() for c in r["captions"])
+        img = Image.open(root / "imgs" / r["file_path"])
+        assert img.mode == "RGB" and img.size == (32, 96)
+        assert re.fullmatch(r"cam\d/\d{4}_c\d_v\d_\d+\.png", r["file_path"])
+
+
+def test_tokens_and_part_labels_align(tiny, records):
+    meta = load_meta(tiny[0])
+    seen = set()
+    for i, r in enumerate(records):
+        for j, (cap, toks) in enumerate(zip(r["captions"], r["processed_tokens"])):
+            assert toks == sp.tokenize(cap) and all(t == t.lower() and re.fullmatch(r"[a-z0-9-]+", t) for t in toks)
+            labels = token_part_labels(meta, i, j)
+            assert len(labels) == len(toks) and set(labels) <= set(sp.LABELS)
+            seen |= set(labels)
+            info = meta["images"][i]["captions"][j]
+            for part in info["mentioned"]:  # only visible parts are described
+                assert meta["images"][i]["visibility"][part] >= 0.5
+    assert {"upper", "lower", "none"} <= seen
+
+
+def test_meta_ground_truth(tiny, records):
+    root, meta = tiny
+    assert meta == load_meta(root)
+    assert meta["params"]["seed"] == 0 and meta["version"] == sp.GENERATOR_VERSION
+    assert len(meta["images"]) == len(records)
+    for r, im in zip(records, meta["images"]):
+        assert (r["file_path"], r["id"], r["split"]) == (im["file_path"], im["id"], im["split"])
+        assert im["view"] in sp.VIEWS and 1 <= im["camera"] <= 4
+    for ident in meta["identities"]:
+        assert (root / ident["texture"]).is_file()
+        assert len(ident["attribute_vector"]) == len(meta["attribute_names"])
+    for name, freq in meta["attribute_frequencies"].items():
+        assert abs(sum(freq.values()) - 1) < 1e-4, name
+
+
+def test_near_twins_differ_in_one_or_two_parts(tiny):
+    meta = tiny[1]
+    by_id = {i["id"]: i for i in meta["identities"]}
+    twins = [i for i in meta["identities"] if i["twin_of"] is not None]
+    assert twins, "TINY uses near_twin_rate=0.5, so some twins are expected"
+    for t in twins:
+        src = by_id[t["twin_of"]]
+        assert src["split"] == t["split"] and src["twin_of"] is None
+        differ = [p for p in sp.PARTS
+                  if sp._part_values(t["attributes"], p) != sp._part_values(src["attributes"], p)]
+        assert 1 <= len(differ) <= 2 and differ == t["changed_parts"]
+        assert t["attributes"]["gender"] == src["attributes"]["gender"]
+
+
+def test_market_tree(tiny, records):
+    root, meta = tiny
+    m = root / "market"
+    parsed = {}
+    for folder in ("bounding_box_train", "query", "bounding_box_test"):
+        files = sorted((m / folder).iterdir())
+        assert files and all(f.is_file() and not f.is_symlink() for f in files)
+        parsed[folder] = [(int(g.group(1)), int(g.group(2))) for g in map(MARKET_NAME.match, (f.name for f in files))]
+        assert all(1 <= cam <= 6 for _, cam in parsed[folder])
+    train_ids = {r["id"] for r in records if r["split"] == "train"}
+    test_ids = {r["id"] for r in records if r["split"] == "test"}
+    assert {pid for pid, _ in parsed["bounding_box_train"]} == train_ids
+    assert {pid for pid, _ in parsed["query"]} == test_ids
+    gallery = parsed["bounding_box_test"]
+    assert sum(pid == 0 for pid, _ in gallery) == 3 and sum(pid == -1 for pid, _ in gallery) == 2
+    assert {pid for pid, _ in gallery} == test_ids | {0, -1}
+    for pid, cam in parsed["query"]:  # every query has a positive from another camera
+        assert any(g == pid and c != cam for g, c in gallery)
+    assert meta["market"]["bounding_box_test"] == len(gallery)
+    # Market files are copies of the CUHK-form images
+    for im in meta["images"]:
+        if im["market_path"]:
+            assert (root / im["market_path"]).read_bytes() == (root / "imgs" / im["file_path"]).read_bytes()
+
+
+def test_noise_index_is_rde_form(tiny, records, tmp_path):
+    root, meta = tiny
+    n = sum(len(r["captions"]) for r in records if r["split"] == "train")
+    idx = np.load(root / "noise_index.npy")
+    assert idx.dtype == np.int64 and idx.shape == (n,)
+    assert np.array_equal(np.sort(idx), np.arange(n))
+    moved = np.flatnonzero(idx != np.arange(n))
+    assert 0 < len(moved) <= n // 2 == meta["noise"]["drawn"]
+    assert meta["noise"]["noisy"] == len(moved)
+    # the captions themselves are not altered
+    clean = generate(SimPEDESParams(**{**TINY, "noise_rate": 0.0}), tmp_path / "clean")
+    assert (tmp_path / "clean/reid_raw.json").read_bytes() == (root / "reid_raw.json").read_bytes()
+    assert clean["noise"] is None and not (tmp_path / "clean/noise_index.npy").exists()
+    # drawn pairs only: with every pair drawn most move, and entry i is the caption now at pair i
+    full = sp.noise_index(1000, 1.0, seed=3)
+    assert np.array_equal(np.sort(full), np.arange(1000)) and (full != np.arange(1000)).sum() > 950
+    assert np.array_equal(sp.noise_index(10, 0.0, seed=3), np.arange(10))
+
+
+def test_atomic_write(tmp_path, monkeypatch):
+    params = SimPEDESParams(**{**TINY, "ids_train": 2, "ids_val": 1, "ids_test": 1, "noise_rate": 0.0})
+    out = tmp_path / "data"
+    real_render, calls = sp._render, []
+
+    def flaky(*a, **k):
+        calls.append(1)
+        if len(calls) == 5:
+            raise RuntimeError("boom")
+        return real_render(*a, **k)
+
+    monkeypatch.setattr(sp, "_render", flaky)
+    with pytest.raises(RuntimeError, match="boom"):
+        generate(params, out)
+    assert list(tmp_path.iterdir()) == []  # neither out_dir nor a temporary folder is left behind
+
+    monkeypatch.setattr(sp, "_render", real_render)
+    generate(params, out)
+    before = _files(out)
+    calls.clear()
+    monkeypatch.setattr(sp, "_render", flaky)
+    with pytest.raises(RuntimeError):
+        generate(SimPEDESParams(**{**TINY, "seed": 7}), out)
+    assert _files(out) == before and [p.name for p in tmp_path.iterdir()] == ["data"]
+
+    monkeypatch.setattr(sp, "_render", real_render)
+    meta = generate(SimPEDESParams(**{**TINY, "seed": 7}), out)  # an existing out_dir is replaced
+    assert content_hash(out) == meta["content_hash"] and [p.name for p in tmp_path.iterdir()] == ["data"]
+
+
+@pytest.mark.parametrize("key,value", [
+    ("ids_train", -3), ("ids_test", 0), ("images_per_id", 1), ("captions_per_image", 0), ("cameras", 7),
+    ("cameras", 1), ("occlusion", 1.5), ("noise_rate", -0.1), ("jitter", "0.1"), ("distractors", -1),
+    ("seed", 1.5), ("height", True),
+])
+def test_params_validation_names_the_key(key, value):
+    with pytest.raises(ValueError, match=rf"simpedes\.{key}\b"):
+        SimPEDESParams.from_dict({key: value})
+
+
+def test_params_unknown_key_and_defaults():
+    with pytest.raises(ValueError, match="unknown key.*ids_trian"):
+        SimPEDESParams.from_dict({"ids_trian": 3})
+    assert SimPEDESParams.from_dict({}) == SimPEDESParams()
+    p = SimPEDESParams.from_dict({"ids_train": np.int64(5), "occlusion": 0})
+    assert type(p.ids_train) is int and type(p.occlusion) is float
+
+
+def test_cli_reads_params_section(tmp_path, tiny):
+    section = {k: v for k, v in TINY.items()} | {"out_dir": "gen/simpedes"}
+    (tmp_path / "params.yaml").write_text(json.dumps({"simpedes": section, "other": {"x": 1}}))  # JSON is YAML
+    sp.main(["--params", str(tmp_path / "params.yaml")])
+    assert content_hash(tmp_path / "gen/simpedes") == tiny[1]["content_hash"]
+    sp.main(["--params", str(tmp_path / "params.yaml"), "--out", str(tmp_path / "elsewhere")])
+    assert load_meta(tmp_path / "elsewhere")["content_hash"] == tiny[1]["content_hash"]
+
+
+def test_output_folder_honours_umask(tiny):
+    import os
+    import stat
+
+    mask = os.umask(0)
+    os.umask(mask)
+    assert stat.S_IMODE(tiny[0].stat().st_mode) == 0o777 & ~mask
