@@ -2,9 +2,12 @@
 
 Prints figures only (no assertions): median seconds of the fast path after a warm-up, queries per
 second, and the speed-up over the per-query reference loop, timed on a subset and extrapolated.
-Run: python benchmarks/bench_eval.py
+Run: python benchmarks/bench_eval.py [--threads N]
+On a machine shared with other busy processes, torch's OpenMP threads slow down badly; the script
+prints the load average so that such runs can be recognised.
 """
 
+import argparse
 import os
 import statistics
 import sys
@@ -58,12 +61,15 @@ def report(label, seconds, n_queries, reference_seconds=None):
 
 
 def main():
-    threads = len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else os.cpu_count()
+    cores = len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else os.cpu_count()
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--threads", type=int, default=cores, help="torch CPU threads (default: all cores)")
+    threads = parser.parse_args().threads
     torch.set_num_threads(threads)
     warnings.simplefilter("ignore")
     scores, qp, gp, q_cams, g_cams = make_problem()
     print(f"problem: {N_CAPTIONS} x {N_IMAGES}, {N_IDS} identities; torch {torch.__version__}, "
-          f"{threads} CPU threads")
+          f"{threads} CPU threads, load average {os.getloadavg()[0]:.2f}")
 
     sub = slice(0, REFERENCE_QUERIES)
     start = time.perf_counter()

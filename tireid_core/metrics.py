@@ -18,7 +18,6 @@ are slow per-query loops written straight from the definitions; the tests check 
 against them (spec §2: keep a parity test).
 """
 
-import math
 import warnings
 
 import numpy as np
@@ -52,7 +51,7 @@ def cosine_similarity(q, g, eps=1e-12):
 
 def _as_matrix(scores):
     """2-D float tensor on its own device; half types are widened (exactly) so that ties survive."""
-    s = torch.as_tensor(scores)
+    s = torch.as_tensor(scores).detach()
     if s.ndim != 2 or s.shape[0] == 0 or s.shape[1] == 0:
         raise ValueError(f"expected a non-empty 2-D score matrix, got shape {tuple(s.shape)}")
     if not s.is_floating_point():
@@ -122,7 +121,7 @@ def _check_conventions(ap_convention, tie_mode="stable"):
 # Per-block computations (all on the scores' device)
 # ----------------------------------------------------------------------------------------------
 
-def _stable_block(order, tie_keys, pos, keep, ap_convention):
+def _stable_block(tie_keys, pos, keep, ap_convention):
     """Per-query n, AP, INP, first-positive rank and tie flag from one sorted block.
 
     ``pos``/``keep`` are in sorted order; ``keep`` (ReID) masks out same-pid-same-camera entries,
@@ -298,14 +297,13 @@ def retrieval_metrics(scores, query_pids, gallery_pids, *, ap_convention="nonint
     parts = []
     for b in range(0, n_queries, step):
         order, tie_keys = _rank_order(s[b:b + step], descending=True)
-        order = order.to(s.device)
         pos = _take(gp, order) == qp[b:b + step, None]
         if tie_mode == "stable":
-            n, ap, inp, first_rank, tied = _stable_block(order, tie_keys.to(s.device), pos, None, ap_convention)
+            n, ap, inp, first_rank, tied = _stable_block(tie_keys, pos, None, ap_convention)
             cut = torch.tensor(cutoffs, device=s.device)
             hit_prob = (first_rank[:, None] <= cut[None, :]).double()
         else:
-            n, ap, inp, hit_prob, tied = _expected_block(tie_keys.to(s.device), pos, cutoffs, ap_convention)
+            n, ap, inp, hit_prob, tied = _expected_block(tie_keys, pos, cutoffs, ap_convention)
         parts.append([t.cpu() for t in (n, ap, inp, hit_prob, tied)])
     n, ap, inp, hit_prob, tied = (torch.cat(col) for col in zip(*parts))
 
@@ -354,12 +352,11 @@ def reid_metrics(distmat, q_pids, g_pids, q_camids, g_camids, *, max_rank=50, ap
     parts = []
     for b in range(0, n_queries, step):
         order, tie_keys = _rank_order(d[b:b + step], descending=False)
-        order = order.to(d.device)
         match = _take(gp, order) == qp[b:b + step, None]
         same_cam = _take(gc, order) == qc[b:b + step, None]
         pos = match & ~same_cam
         keep = ~(match & same_cam)
-        n, ap, inp, first_rank, tied = _stable_block(order, tie_keys.to(d.device), pos, keep, ap_convention)
+        n, ap, inp, first_rank, tied = _stable_block(tie_keys, pos, keep, ap_convention)
         parts.append([t.cpu() for t in (n, ap, inp, first_rank, tied)])
     n, ap, inp, first_rank, tied = (torch.cat(col) for col in zip(*parts))
 
