@@ -10,9 +10,10 @@ REPO = Path(__file__).resolve().parent.parent
 
 
 def test_repo_params_and_profiles_are_valid():
-    for profile in ("demo", "tiny", "paper"):
-        p = load_run_params("baseline", params_file=REPO / "params.yaml", profile=profile)
-        assert Path(p.out_dir).is_absolute() and Path(p.data.root).is_absolute()
+    for section in ("baseline", "ssan"):
+        for profile in ("demo", "tiny", "paper"):
+            p = load_run_params(section, params_file=REPO / "params.yaml", profile=profile)
+            assert Path(p.out_dir).is_absolute() and Path(p.data.root).is_absolute()
     paper = load_run_params("baseline", params_file=REPO / "params.yaml", profile="paper")
     assert paper.model.image_backbone == "resnet50" and paper.model.text_encoder == "bert"
     assert (paper.data.height, paper.data.width) == (384, 128)
@@ -40,6 +41,16 @@ def test_wrong_values_name_their_key(override, message):
         from_dict(RunParams, deep_merge(base, override), "baseline")
 
 
+def test_ssan_switches_are_validated():
+    with pytest.raises(ParamsError, match=r"ssan\.ssan\.relation: the non-local module needs part_features"):
+        load_run_params("ssan", params_file=REPO / "params.yaml",
+                        sets=["ssan.ssan.part_features=false", "ssan.ssan.relation=true"])
+    with pytest.raises(ParamsError, match=r"ssan\.ssan\.weak_neg"):
+        load_run_params("ssan", params_file=REPO / "params.yaml", sets=["ssan.ssan.weak_neg=hard"])
+    paper = load_run_params("ssan", params_file=REPO / "params.yaml", profile="paper")
+    assert paper.model.text_hidden == 2048 and paper.data.normalize == "half" and paper.ssan.alpha2_start_epoch == 5
+
+
 def test_set_overrides_and_missing_files(tmp_path):
     assert parse_set(["a.b.c=3", "a.d=[1, 2]", "e=x"]) == {"a": {"b": {"c": 3}, "d": [1, 2]}, "e": "x"}
     with pytest.raises(ParamsError, match="KEY=VALUE"):
@@ -48,8 +59,12 @@ def test_set_overrides_and_missing_files(tmp_path):
     assert p.train.epochs == 3
     with pytest.raises(ParamsError, match="profile 'nope'"):
         load_run_params("baseline", params_file=REPO / "params.yaml", profile="nope")
+    with pytest.raises(ParamsError, match="not a method section"):
+        load_run_params("simpedes", params_file=REPO / "params.yaml")
+    no_section = tmp_path / "only_baseline.yaml"
+    no_section.write_text("baseline: {}\n")
     with pytest.raises(ParamsError, match="section 'ssan' missing"):
-        load_run_params("ssan", params_file=REPO / "params.yaml")
+        load_run_params("ssan", params_file=no_section)
     bad = tmp_path / "params.yaml"
     bad.write_text("baseline: [1, 2\n")
     with pytest.raises(ParamsError, match="params.yaml: not valid YAML"):

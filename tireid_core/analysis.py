@@ -169,3 +169,101 @@ def token_label_table(meta: dict, reid_raw: list, image_index: int, caption_inde
     tokens = reid_raw[image_index]["processed_tokens"][caption_index]
     labels = meta["images"][image_index]["captions"][caption_index]["part_labels"]
     return pd.DataFrame({"token": tokens, "part": labels}).T
+
+
+# ----------------------------------------------------------------------------- embeddings and attention
+
+
+def intra_class_ratio(feats: torch.Tensor, pids) -> float:
+    """Textual intra-class variance as one number: mean distance of each (L2-normalised) embedding to its identity
+    centroid, divided by the mean distance between identity centroids. Lower = tighter identities."""
+    x = torch.nn.functional.normalize(feats.float(), dim=1)
+    pids = torch.as_tensor(pids)
+    ids = pids.unique()
+    centroids = torch.stack([x[pids == p].mean(0) for p in ids])
+    within = torch.cat([(x[pids == p] - centroids[i]).norm(dim=1) for i, p in enumerate(ids)]).mean()
+    between = torch.pdist(centroids).mean()
+    return float(within / between)
+
+
+def tsne_figure(embeddings: dict[str, tuple[torch.Tensor, list[int]]], n_ids: int = 10, seed: int = 0):
+    """t-SNE of text embeddings of `n_ids` identities (the same, seeded choice for every model), one panel per model,
+    with the intra-class ratio in each title."""
+    from sklearn.manifold import TSNE
+
+    first_pids = next(iter(embeddings.values()))[1]
+    all_ids = sorted(set(first_pids))
+    g = torch.Generator().manual_seed(seed)
+    chosen = sorted(all_ids[i] for i in torch.randperm(len(all_ids), generator=g)[:n_ids].tolist())
+    fig, axes = plt.subplots(1, len(embeddings), figsize=(5 * len(embeddings), 4.6), squeeze=False)
+    palette = plt.get_cmap("tab10" if n_ids <= 10 else "tab20")
+    for ax, (name, (feats, pids)) in zip(axes[0], embeddings.items()):
+        keep = [i for i, p in enumerate(pids) if p in chosen]
+        x = torch.nn.functional.normalize(feats[keep].float(), dim=1).numpy()
+        xy = TSNE(n_components=2, perplexity=min(30, max(5, len(keep) // 4)), random_state=seed, init="pca").fit_transform(x)
+        for c, p in enumerate(chosen):
+            sel = [j for j, i in enumerate(keep) if pids[i] == p]
+            ax.scatter(xy[sel, 0], xy[sel, 1], s=18, color=palette(c % palette.N), label=str(p))
+        ratio = intra_class_ratio(feats[keep], [pids[i] for i in keep])
+        ax.set_title(f"{name}\nintra/inter distance ratio {ratio:.3f}", fontsize=9)
+        ax.set_xticks([])
+        ax.set_yticks([])
+    axes[0, -1].legend(title="identity", fontsize=7, bbox_to_anchor=(1.02, 1), loc="upper left")
+    fig.tight_layout()
+    return fig
+
+
+# Which of 6 horizontal stripes a body part occupies in a 12-row map of an upright person (SimPEDES's layout:
+# head in the top sixth, torso in the next two, legs in the next two, shoes at the bottom). Bags hang across
+# torso and legs, so they are not scored.
+EXPECTED_STRIPES_6 = {"head": {0}, "upper": {1, 2}, "lower": {3, 4}, "shoes": {5}}
+
+
+def word_part_agreement(gates: list, labels: list[list[str]], expected=EXPECTED_STRIPES_6) -> dict:
+    """Score word→part attention against per-token part labels.
+
+    gates: per caption an (n_words × K) array of gate values; labels: the words' part labels. A labelled word agrees
+    when its strongest gate is one of the stripes its part occupies. Returns the agreement, the chance level of a
+    uniformly random choice (|expected stripes| / K averaged over the scored words), and the label × stripe mean gates.
+    """
+    import numpy as np
+
+    hits, chance, rows = [], [], {}
+    for g, labs in zip(gates, labels):
+        g = np.asarray(g)
+        for word_gates, lab in zip(g, labs):
+            rows.setdefault(lab, []).append(word_gates)
+            if lab in expected:
+                hits.append(int(word_gates.argmax()) in expected[lab])
+                chance.append(len(expected[lab]) / g.shape[1])
+    table = pd.DataFrame({lab: np.mean(v, axis=0) for lab, v in rows.items()}).T
+    table.columns = [f"stripe {k}" for k in range(table.shape[1])]
+    return {"agreement": float(np.mean(hits)) if hits else float("nan"),
+            "chance": float(np.mean(chance)) if chance else float("nan"),
+            "n_words": len(hits), "mean_gates": table}
+
+
+def heatmap_figure(matrix, row_labels: list[str], col_labels: list[str], title: str, ax=None):
+    """A small annotated heat map (word→part gates, part→part attention)."""
+    import numpy as np
+    import seaborn as sns
+
+    if ax is None:
+        _, ax = plt.subplots(figsize=(0.45 * len(col_labels) + 2, 0.35 * len(row_labels) + 1.2))
+    sns.heatmap(np.asarray(matrix), ax=ax, xticklabels=col_labels, yticklabels=row_labels, cmap="viridis",
+                annot=len(col_labels) * len(row_labels) <= 60, fmt=".2f", cbar=True)
+    ax.set_title(title, fontsize=9)
+    ax.tick_params(labelsize=7)
+    return ax.figure
+
+
+def ablation_table(rows: dict[str, str | Path], row_labels: dict[str, str] | None = None) -> pd.DataFrame:
+    """Best-on-val test metrics of several runs (their metrics.json files) as one table, in the given order."""
+    import json
+
+    out = {}
+    for key, path in rows.items():
+        m = json.loads(Path(path).read_text())
+        label = (row_labels or {}).get(key, key)
+        out[label] = {**m["best"]["test"], "epoch (best on val)": m["best"]["epoch"] + 1}
+    return pd.DataFrame(out).T

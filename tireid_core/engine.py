@@ -15,6 +15,7 @@ from __future__ import annotations
 
 import math
 import random
+import warnings
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Callable
@@ -22,6 +23,7 @@ from typing import Callable
 import numpy as np
 import torch
 import torch.nn as nn
+from torch.utils.data import DataLoader
 from tqdm.auto import tqdm
 
 from tireid_core import distributed as dist
@@ -81,6 +83,18 @@ def build_eval_set(dataset: TextImageDataset, split: str) -> EvalSet:
     return EvalSet(split, [e.path for e in entries], [e.pid for e in entries], caps, cap_pids, cap_img)
 
 
+def drop_single_image_ids(pairs: list) -> list:
+    """Remove training identities with one image (SSAN drops CUHK-PEDES ids 1369, 4116, 6116): methods with a
+    weak positive or a support set need another image of the same identity. Says what it dropped."""
+    images: dict[int, set] = {}
+    for p in pairs:
+        images.setdefault(p.pid, set()).add(p.image_index)
+    single = sorted(pid for pid, imgs in images.items() if len(imgs) < 2)
+    if single:
+        warnings.warn(f"dropping {len(single)} training identities with a single image: {single[:20]}", stacklevel=2)
+    return [p for p in pairs if p.pid not in set(single)]
+
+
 def build_tokenizer(params: RunParams, train_captions: list[str]):
     """Word vocabulary from training captions (Bi-LSTM / small transformer) or a BERT tokenizer."""
     m = params.model
@@ -116,9 +130,13 @@ def build_experiment(params: RunParams, build_model: Callable[[RunParams, int, i
     train_pairs = dataset.pairs("train")
     if not train_pairs:
         raise ValueError(f"dataset {params.data.dataset!r} at {params.data.root} has no training pairs")
-    label_of_pid = {pid: i for i, pid in enumerate(sorted({p.pid for p in train_pairs}))}
     d = params.data
-    train_set = PairDataset(train_pairs, build_image_transform(d.height, d.width, train=True, hflip=d.hflip), label_of_pid)
+    if d.weak_caption:
+        train_pairs = drop_single_image_ids(train_pairs)
+    label_of_pid = {pid: i for i, pid in enumerate(sorted({p.pid for p in train_pairs}))}
+    train_set = PairDataset(
+        train_pairs, build_image_transform(d.height, d.width, train=True, hflip=d.hflip, normalize=d.normalize), label_of_pid, d.weak_caption
+    )
     has_val = any(e.split == "val" for e in dataset.images)
     tokenizer = build_tokenizer(params, [p.caption for p in train_pairs])
     model = build_model(params, tokenizer_vocab_size(tokenizer), len(label_of_pid))
@@ -145,7 +163,7 @@ def encode_eval_set(exp: Experiment, evalset: EvalSet, device: torch.device, mod
     was_training = model.training
     model.eval()
     d, bs = exp.params.data, exp.params.eval.batch_size
-    images = ImageDataset(evalset.image_paths, build_image_transform(d.height, d.width, train=False))
+    images = ImageDataset(evalset.image_paths, build_image_transform(d.height, d.width, train=False, normalize=d.normalize))
     img_feats = []
     for start in tqdm(range(0, len(images), bs), desc=f"{evalset.split} images", leave=False, disable=dist.rank() != 0):
         batch = torch.stack([images[i] for i in range(start, min(start + bs, len(images)))]).to(device)
@@ -285,10 +303,18 @@ def fit(
             _set_bn_eval(model)
         batches = random_batches(len(exp.train_set), tp.batch_size, tp.seed, epoch)
         running: dict[str, float] = {}
-        bar = tqdm(batches, desc=f"epoch {epoch + 1}/{tp.epochs}", leave=False, disable=not is_main)
-        for batch_idx in bar:
-            local = rank_slice(batch_idx, dist.rank(), dist.world_size())
-            batch = _move(collate([exp.train_set[i] for i in local]), device)
+        # Workers draw their seeds from torch's RNG, reseeded above: augmentation stays a function of (seed, epoch).
+        loader = DataLoader(
+            exp.train_set,
+            batch_sampler=[rank_slice(b, dist.rank(), dist.world_size()) for b in batches],
+            collate_fn=collate,
+            num_workers=params.data.num_workers,
+            pin_memory=device.type == "cuda",
+        )
+        bar = tqdm(loader, desc=f"epoch {epoch + 1}/{tp.epochs}", leave=False, disable=not is_main)
+        for batch in bar:
+            batch = _move(batch, device)
+            batch["epoch"] = epoch  # schedules inside losses (SSAN's alpha2 warm-up)
             with torch.autocast(device.type, enabled=use_amp):
                 terms = train_module(batch, tp)
             optimizer.zero_grad(set_to_none=True)

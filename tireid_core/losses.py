@@ -51,3 +51,205 @@ def cmpm_loss(
         return (log_p.exp() * (log_p - torch.log(q + eps))).sum(1).mean()
 
     return one_direction(image_feats, text_unit) + one_direction(text_feats, image_unit)
+
+
+# ------------------------------------------------------------------ SSAN compound ranking loss
+
+_CR_OPTIONS = {
+    "weak_neg": ("main_captions", "weak_captions"),
+    "lambda_mode": ("paper", "official_abs"),
+    "reduction": ("sum", "mean"),
+}
+
+
+def semi_hard_triplets(
+    hinge: torch.Tensor,
+    valid: torch.Tensor,
+    margin: torch.Tensor,
+    *,
+    anchor_ok: torch.Tensor | None = None,
+    generator: torch.Generator | None = None,
+) -> torch.Tensor:
+    """Semi-hard negative mining with one uniformly drawn negative per anchor (SSAN, ssan.md §3.2).
+
+    `hinge[a, j]` = neg_aj − pos_a + margin_a (A×N), `valid[a, j]` says whether j may be a negative of
+    anchor a (another identity), `margin[a]` is the anchor's margin. The semi-hard set of a is
+    {j valid : 0 < hinge_aj < margin_a}: easy negatives (hinge ≤ 0) and hard ones (neg ≥ pos) are both
+    excluded. Anchors with an empty set, or with `anchor_ok[a]` False, are skipped. Returns a (k, 2)
+    LongTensor of [anchor, negative] rows in anchor order. Mining looks at detached values. The draw is
+    the argmax of i.i.d. uniform keys over the candidates (uniform among them), taken from a single
+    `torch.rand(A, N)` call on `generator`'s device (CPU for the global RNG when `generator` is None), so
+    the RNG advances by the same amount whatever the data and CPU/GPU runs draw alike.
+    """
+    with torch.no_grad():
+        h = hinge.detach()
+        cand = valid & (h > 0) & (h < margin.detach()[:, None])
+        if anchor_ok is not None:
+            cand = cand & anchor_ok[:, None]
+        rng_device = generator.device if generator is not None else torch.device("cpu")
+        keys = torch.rand(tuple(cand.shape), generator=generator, device=rng_device).to(cand.device)
+        keys = keys.masked_fill(~cand, -1.0)
+        anchors = cand.any(dim=1).nonzero(as_tuple=True)[0]
+        return torch.stack([anchors, keys.argmax(dim=1)[anchors]], dim=1)
+
+
+def ranking_hinges(
+    pos: torch.Tensor,
+    neg: torch.Tensor,
+    valid: torch.Tensor,
+    margin: torch.Tensor,
+    *,
+    anchor_ok: torch.Tensor | None = None,
+    generator: torch.Generator | None = None,
+) -> torch.Tensor:
+    """Hinge values of one direction of SSAN's ranking loss, with the official "never empty" fallback.
+
+    Anchor a has positive similarity `pos[a]`, candidate negatives `neg[a, :]` (those with `valid[a, j]`)
+    and margin `margin[a]`. Returns the 1-D tensor of hinges ℓ_aj = neg_aj − pos_a + margin_a of the
+    triplets chosen by `semi_hard_triplets` (all in (0, margin_a), so no clamp is needed). Fallback
+    (ssan.md §3.2): when no anchor yields a triplet, one triplet is used, the *last* anchor with its
+    *first* valid negative (lowest index), and its hinge is clamped, [ℓ]₊: 0 (but still in the graph)
+    when that negative is easy, ≥ margin when it is hard. "Last anchor" means the last one that could
+    have been mined: it has a valid negative and passes `anchor_ok`, so the fallback never brings back
+    an anchor the weak-term gate skipped (project decision; the spec only says "last anchor"). Empty
+    when no anchor is eligible (single identity, or every anchor gated).
+    """
+    hinge = neg - pos[:, None] + margin[:, None]
+    idx = semi_hard_triplets(hinge, valid, margin, anchor_ok=anchor_ok, generator=generator)
+    if idx.shape[0] > 0:
+        return hinge[idx[:, 0], idx[:, 1]]
+    eligible = valid.any(dim=1) if anchor_ok is None else valid.any(dim=1) & anchor_ok
+    anchors = eligible.nonzero(as_tuple=True)[0]
+    if anchors.numel() == 0:
+        return hinge[:0, 0]  # empty, still attached to the graph
+    last = anchors[-1]
+    first = valid[last].nonzero(as_tuple=True)[0][0]
+    return hinge[last, first].clamp_min(0.0).reshape(1)
+
+
+def ssan_weak_margins(
+    s_pos: torch.Tensor,
+    s_weak_pos: torch.Tensor,
+    *,
+    epoch: int,
+    alpha1: float = 0.2,
+    alpha2_start_epoch: int = 5,
+    lambda_mode: str = "paper",
+    weak_gate: float = 0.0,
+) -> tuple[torch.Tensor, torch.Tensor | None]:
+    """Per-anchor margins α2_i of SSAN's weak term and the gate mask (ssan.md §3.2, §7 items 4–6).
+
+    `s_pos` = S(I_i, D_i), `s_weak_pos` = S(I_i, D′_i) (1-D). Epochs (0-based) before `alpha2_start_epoch`:
+    α2_i = α1/2 for every anchor and no gate. From then on α2_i = (λ_i + 1)·α1/2 with λ_i detached:
+    "paper" λ_i = S(I_i,D′_i)/S(I_i,D_i) clipped to [0, 1]; "official_abs" λ_i = |S(I_i,D′_i)|/|S(I_i,D_i)|
+    clipped at 1. A 0/0 ratio counts as λ = 0 and x/0 as λ = 1. Returns (α2, anchor_ok): anchor_ok is None
+    unless `weak_gate` > 0 and the adaptive margins are active, then it is α2_i ≥ weak_gate (the official
+    code's 0.16 gate skips anchors with α2_i < 0.16, i.e. λ_i < 0.6).
+    """
+    if lambda_mode not in _CR_OPTIONS["lambda_mode"]:
+        raise ValueError(f"lambda_mode must be one of {_CR_OPTIONS['lambda_mode']}, got {lambda_mode!r}")
+    s_pos, s_weak_pos = s_pos.detach(), s_weak_pos.detach()
+    if epoch < alpha2_start_epoch:
+        return torch.full_like(s_pos, alpha1 / 2), None
+    if lambda_mode == "paper":
+        lam = (s_weak_pos / s_pos).nan_to_num(nan=0.0, posinf=1.0, neginf=0.0).clamp(0.0, 1.0)
+    else:
+        lam = (s_weak_pos.abs() / s_pos.abs()).nan_to_num(nan=0.0, posinf=1.0).clamp(max=1.0)
+    alpha2 = (lam + 1.0) * alpha1 / 2
+    return alpha2, (alpha2 >= weak_gate if weak_gate > 0 else None)
+
+
+def compound_ranking_loss(
+    img: torch.Tensor,
+    txt: torch.Tensor,
+    weak_txt: torch.Tensor,
+    pids: torch.Tensor,
+    *,
+    epoch: int,
+    alpha1: float = 0.2,
+    beta: float = 0.1,
+    alpha2_start_epoch: int = 5,
+    weak_term: bool = True,
+    weak_gate: float = 0.0,
+    weak_neg: str = "main_captions",
+    lambda_mode: str = "paper",
+    reduction: str = "sum",
+    generator: torch.Generator | None = None,
+) -> torch.Tensor:
+    """SSAN's Compound Ranking (CR) loss (Ding et al. 2021; ssan.md §3.2, quirks §7 items 3–7).
+
+    img, txt, weak_txt: B×D features of the images I_i, their own captions D_i and their weak captions
+    D′_i (a caption of another image of the same identity); pids: B labels. Features are L2-normalised
+    (eps 1e-8) into S = cos(I, D) and S′ = cos(I, D′). Returns strong + β·weak.
+
+    Paper: L = [α1 − S(I,D) + S(I,D_n)]₊ + [α1 − S(I,D) + S(I_n,D)]₊ + β[α2 − S(I,D′) + S(I,D_n)]₊
+    + β[α2 − S(I,D′) + S(I_n,D′)]₊ with α2 = (λ+1)·α1/2, λ = min(S(I,D′)/S(I,D), 1). The paper is silent on
+    which negatives are used; the official code (and this function) mines, per anchor and direction, one
+    semi-hard negative drawn uniformly from {j of another identity : 0 < ℓ_j < margin}, skips anchors
+    without one, and sums the hinges ℓ_j. The positive of anchor i is only pair i (the diagonal); other
+    same-identity captions/images are neither positives nor negatives.
+
+    - Strong term (margin α1): image anchors on S (negatives D_j), text anchors on Sᵀ (negatives I_j).
+    - Weak term (margin α2_i, see `ssan_weak_margins`; `weak_term=False` drops it, the plain ranking loss
+      of the ablation): image anchor I_i with positive D′_i, negatives D_j of other identities, i.e. S_ij
+      (paper, `weak_neg="main_captions"`); the official code uses the weak captions D′_j, i.e. S′_ij
+      (`"weak_captions"`). Text anchor D′_i with positive I_i and other-identity images, S′_ji.
+    - Official-code behaviour behind flags (project defaults follow the paper): α2 fixed at α1/2 before
+      `alpha2_start_epoch` (official 5; kept by default since the paper is silent); λ with absolute values
+      (`lambda_mode="official_abs"`); the weak-anchor gate α2_i < 0.16 (`weak_gate=0.16`, default off).
+    - Fallback: each direction of each term falls back on its own, independently, to one triplet (last
+      anchor, its first negative, hinge clamped at 0) when it mines none; see `ranking_hinges`. This
+      reads the spec's "batch yields no triplet" per direction, since mining runs separately per
+      direction [inferred from ssan.md §3.2, not checked against the code]; the rule exists there to avoid
+      an empty tensor. In the weak term the fallback anchor is the last *ungated* one; with every anchor
+      gated a direction contributes nothing.
+    - reduction: "sum" (official) over all triplets of both directions; "mean" averages the hinges of a
+      term over its triplets, both directions pooled (fallback counted), then strong + β·weak.
+    - Mining draws come from `generator` (global torch RNG when None); each direction draws one
+      B×B uniform matrix, strong term first, so the RNG use does not depend on the data.
+    - No negatives at all (B = 1, or a single identity in the batch): returns a zero that keeps a
+      grad_fn, 0·(Σimg + Σtxt + Σweak_txt), so the training step still backpropagates; the official
+      code crashes there (indexes the first negative of an empty set).
+    Invalid option strings raise ValueError naming the option.
+    """
+    for name, value in (("weak_neg", weak_neg), ("lambda_mode", lambda_mode), ("reduction", reduction)):
+        if value not in _CR_OPTIONS[name]:
+            raise ValueError(f"{name} must be one of {_CR_OPTIONS[name]}, got {value!r}")
+    if (img.dim() != 2 or txt.shape != img.shape or weak_txt.shape != img.shape
+            or pids.numel() != img.shape[0]):
+        raise ValueError(
+            f"expected img, txt, weak_txt of one shape B×D and B pids, got {tuple(img.shape)}, "
+            f"{tuple(txt.shape)}, {tuple(weak_txt.shape)}, {pids.numel()} pids"
+        )
+    pids = pids.reshape(-1).to(img.device)
+    valid = pids[:, None] != pids[None, :]  # symmetric: also the mask of text anchors × image negatives
+    if not bool(valid.any()):
+        return (img.sum() + txt.sum() + weak_txt.sum()) * 0.0 + 0.0  # + 0.0: no -0.0
+
+    def reduce(hinges: list[torch.Tensor]) -> torch.Tensor:
+        h = torch.cat(hinges)
+        return h.mean() if reduction == "mean" and h.numel() > 0 else h.sum()
+
+    img_u = F.normalize(img, dim=1, eps=1e-8)
+    txt_u = F.normalize(txt, dim=1, eps=1e-8)
+    s = img_u @ txt_u.t()
+    pos = s.diagonal()
+    m1 = torch.full_like(pos, alpha1)
+    loss = reduce([
+        ranking_hinges(pos, s, valid, m1, generator=generator),      # image anchors, caption negatives
+        ranking_hinges(pos, s.t(), valid, m1, generator=generator),  # caption anchors, image negatives
+    ])
+    if not weak_term:
+        return loss
+    s_weak = img_u @ F.normalize(weak_txt, dim=1, eps=1e-8).t()
+    pos_w = s_weak.diagonal()
+    alpha2, anchor_ok = ssan_weak_margins(
+        pos, pos_w, epoch=int(epoch), alpha1=alpha1, alpha2_start_epoch=alpha2_start_epoch,
+        lambda_mode=lambda_mode, weak_gate=weak_gate,
+    )
+    img_neg = s if weak_neg == "main_captions" else s_weak
+    weak = reduce([
+        ranking_hinges(pos_w, img_neg, valid, alpha2, anchor_ok=anchor_ok, generator=generator),
+        ranking_hinges(pos_w, s_weak.t(), valid, alpha2, anchor_ok=anchor_ok, generator=generator),
+    ])
+    return loss + beta * weak

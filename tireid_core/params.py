@@ -29,6 +29,8 @@ class DataParams:
     height: int = 96
     width: int = 32
     hflip: bool = True  # random horizontal flip during training
+    normalize: Literal["imagenet", "half"] = "imagenet"  # "half": mean = std = 0.5 per channel (SSAN's code)
+    weak_caption: bool = False  # attach a caption of another image of the same identity (SSAN weak positive)
     max_words: int = 48
     num_workers: int = 0
 
@@ -90,6 +92,37 @@ class RunParams:
     model: ModelParams = field(default_factory=ModelParams)
     train: TrainParams = field(default_factory=TrainParams)
     eval: EvalParams = field(default_factory=EvalParams)
+
+
+@dataclass
+class SSANParams:
+    """SSAN switches (ssan.md). Defaults follow the paper; the official code's quirks are named flags (§7)."""
+
+    parts: int = 6  # K horizontal stripes / word-attention parts
+    part_features: bool = True  # PFL + word attention module (WAM)
+    relation: bool = True  # multi-view non-local network (MV-NLN, the paper's PRL)
+    relation_dim: int = 512  # MV-NLN inner and output width
+    leaky_slope: float = 0.25
+    local_weight: float = 0.5  # ID = ID_g + w·(ID_l + ID_n); CR likewise
+    weak_term: bool = True  # compound ranking loss (False = plain ranking loss)
+    alpha1: float = 0.2
+    beta: float = 0.1
+    alpha2_start_epoch: int = 5
+    weak_gate: float = 0.0  # official code: 0.16
+    weak_neg: Literal["main_captions", "weak_captions"] = "main_captions"  # official: weak_captions
+    lambda_mode: Literal["paper", "official_abs"] = "paper"
+    cr_reduction: Literal["sum", "mean"] = "sum"
+    inplace_part_act: bool = False  # official: LeakyReLU in place also activates the returned part features
+    global_pool_includes_padding: bool = False  # official: text max-pool over padded positions too
+
+
+@dataclass
+class SSANRunParams(RunParams):
+    ssan: SSANParams = field(default_factory=SSANParams)
+
+
+# Which parameter class validates which params.yaml section.
+SECTION_PARAMS: dict[str, type] = {"baseline": RunParams, "ssan": SSANRunParams}
 
 
 def _check_value(value: Any, annotation: Any, key: str) -> Any:
@@ -161,6 +194,12 @@ def _check_ranges(obj: Any, key: str) -> None:
             raise ParamsError(f"{key}.batch_size: ranking/matching losses need at least 2 samples per batch")
         if obj.warmup_epochs < 0 or obj.warmup_epochs >= obj.epochs and obj.epochs > 1:
             raise ParamsError(f"{key}.warmup_epochs: must be in [0, epochs), got {obj.warmup_epochs!r}")
+    if isinstance(obj, SSANParams):
+        for name in ("parts", "relation_dim"):
+            if getattr(obj, name) <= 0:
+                raise ParamsError(f"{key}.{name}: must be positive, got {getattr(obj, name)!r}")
+        if obj.relation and not obj.part_features:
+            raise ParamsError(f"{key}.relation: the non-local module needs part_features: true")
     if isinstance(obj, ModelParams) and obj.last_stride not in (1, 2):
         raise ParamsError(f"{key}.last_stride: must be 1 or 2, got {obj.last_stride!r}")
     if isinstance(obj, DataParams) and obj.num_workers < 0:
@@ -238,7 +277,9 @@ def load_run_params(section: str, params_file: str | Path = "params.yaml", **kwa
     Relative paths (out_dir, data.root) resolve against the params file's folder, so a run does
     not depend on the working directory it was started from.
     """
-    params = from_dict(RunParams, load_section(section, params_file=params_file, **kwargs), section)
+    if section not in SECTION_PARAMS:
+        raise ParamsError(f"{section}: not a method section (known: {', '.join(sorted(SECTION_PARAMS))})")
+    params = from_dict(SECTION_PARAMS[section], load_section(section, params_file=params_file, **kwargs), section)
     base = Path(params_file).resolve().parent
     params.out_dir = str(base / params.out_dir)
     params.data.root = str(base / params.data.root)

@@ -11,12 +11,32 @@ from tireid_core.data.records import CaptionPair
 
 
 class PairDataset(Dataset):
-    """(image, caption, label) items; labels are dense train ids (raw pid kept for evaluation)."""
+    """(image, caption, label) items; labels are dense train ids (raw pid kept for evaluation).
 
-    def __init__(self, pairs: list[CaptionPair], transform, label_of_pid: dict[int, int] | None = None):
+    With `weak_caption=True` each item also carries a caption drawn uniformly from the captions of the
+    *other images* of the same identity (SSAN's weak positive; never the same image's second caption).
+    The draw uses torch's global RNG, which the engine reseeds every epoch, so runs and resumes repeat it.
+    """
+
+    def __init__(self, pairs: list[CaptionPair], transform, label_of_pid: dict[int, int] | None = None,
+                 weak_caption: bool = False):
         self.pairs = pairs
         self.transform = transform
         self.label_of_pid = label_of_pid
+        self.weak_caption = weak_caption
+        self.other_image_captions: list[list[int]] = []
+        if weak_caption:
+            by_pid: dict[int, list[int]] = {}
+            for i, p in enumerate(pairs):
+                by_pid.setdefault(p.pid, []).append(i)
+            for i, p in enumerate(pairs):
+                others = [j for j in by_pid[p.pid] if pairs[j].image_index != p.image_index]
+                if not others:
+                    raise ValueError(
+                        f"identity {p.pid} has a single image ({p.path}); weak captions need another image of the "
+                        "same identity (drop such identities first: engine.drop_single_image_ids)"
+                    )
+                self.other_image_captions.append(others)
 
     def __len__(self) -> int:
         return len(self.pairs)
@@ -24,7 +44,11 @@ class PairDataset(Dataset):
     def __getitem__(self, i: int) -> dict:
         p = self.pairs[i]
         label = self.label_of_pid[p.pid] if self.label_of_pid is not None else -1
-        return {"image": self.transform(read_image(p.path)), "caption": p.caption, "label": label, "pid": p.pid, "index": i}
+        item = {"image": self.transform(read_image(p.path)), "caption": p.caption, "label": label, "pid": p.pid, "index": i}
+        if self.weak_caption:
+            others = self.other_image_captions[i]
+            item["weak_caption"] = self.pairs[others[int(torch.randint(len(others), ()))]].caption
+        return item
 
 
 class ImageDataset(Dataset):
@@ -50,7 +74,7 @@ class CaptionCollate:
 
     def __call__(self, items: list[dict]) -> dict:
         ids, mask = self.tokenizer.encode_batch([it["caption"] for it in items], self.max_words)
-        return {
+        batch = {
             "image": torch.stack([it["image"] for it in items]),
             "ids": ids,
             "mask": mask,
@@ -58,3 +82,8 @@ class CaptionCollate:
             "pid": torch.tensor([it["pid"] for it in items]),
             "index": torch.tensor([it["index"] for it in items]),
         }
+        if "weak_caption" in items[0]:
+            batch["weak_ids"], batch["weak_mask"] = self.tokenizer.encode_batch(
+                [it["weak_caption"] for it in items], self.max_words
+            )
+        return batch

@@ -12,7 +12,13 @@ def _build_baseline(params, vocab_size: int, num_classes: int) -> nn.Module:
     return Baseline(params.model, vocab_size, num_classes)
 
 
-MODELS: dict[str, Callable] = {"baseline": _build_baseline}
+def _build_ssan(params, vocab_size: int, num_classes: int) -> nn.Module:
+    from tireid_core.models.ssan import SSAN
+
+    return SSAN(params, vocab_size, num_classes)
+
+
+MODELS: dict[str, Callable] = {"baseline": _build_baseline, "ssan": _build_ssan}
 
 
 def model_builder(method: str) -> Callable:

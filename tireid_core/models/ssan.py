@@ -1,0 +1,246 @@
+"""SSAN — Semantically Self-Aligned Network (Ding et al., 2021), readable top to bottom.
+
+Spec: ../shared/specs/ssan.md. A dual encoder with three kinds of features per modality:
+- global (v_g, t_g): max-pooled backbone map / max over Bi-LSTM word features, through one projection W_g shared
+  by image and text;
+- part (v_l^k, t_l^k; PFL + WAM): K horizontal stripes of the image map; on the text side the word attention module
+  gates every word per part with an independent sigmoid and max-pools the gated words. Stripe k and text part k share
+  the projection W_l^k and the ID classifier, which is what "self-aligns" words to stripes without part labels;
+- relation (v_n^k, t_n^k; MV-NLN / PRL): a non-local module over the K parts (each part attends to the others, never
+  to itself), shared by both modalities.
+Losses: ID = ID_g + 0.5·(ID_l + ID_n) with classifiers shared across modalities, plus the compound ranking loss
+CR = CR_g + 0.5·(CR_l + CR_n) (tireid_core.losses.compound_ranking_loss). Test score: S_g + S_l + S_n.
+
+Switches for the ablation (`ssan.part_features`, `ssan.relation`, `ssan.weak_term`) and the official-code quirks
+(`ssan.inplace_part_act`, `ssan.global_pool_includes_padding`, ...) are parameters; see ssan.md §7.
+"""
+from __future__ import annotations
+
+import torch
+import torch.nn as nn
+import torch.nn.functional as F
+
+from tireid_core.losses import compound_ranking_loss, id_loss
+from tireid_core.metrics import cosine_similarity
+from tireid_core.models.backbones import create_backbone
+from tireid_core.models.text_encoders import BiLSTMEncoder
+from tireid_core.params import SSANRunParams, TrainParams
+
+
+class PartLinear(nn.Module):
+    """K independent bias-free 1×1 projections, one per part, applied to B×K×in in one einsum."""
+
+    def __init__(self, parts: int, d_in: int, d_out: int):
+        super().__init__()
+        self.weight = nn.Parameter(torch.empty(parts, d_out, d_in))
+        for k in range(parts):  # Kaiming-normal (fan_out), as for the official 1×1 convolutions
+            nn.init.kaiming_normal_(self.weight.data[k], mode="fan_out")
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        return torch.einsum("bki,koi->bko", x, self.weight)
+
+
+class MultiViewNonLocal(nn.Module):
+    """MV-NLN (ssan.md §2.3): part k queries the other parts through per-part "views", then a residual update."""
+
+    def __init__(self, parts: int, dim: int, inner: int, slope: float):
+        super().__init__()
+        self.theta = PartLinear(parts, dim, inner)  # query view
+        self.phi = PartLinear(parts, dim, inner)  # key/value view
+        self.up = PartLinear(parts, inner, dim)  # W_gamma, then BatchNorm + LeakyReLU
+        self.bn = nn.BatchNorm1d(parts * dim)
+        self.out = PartLinear(parts, dim, inner)  # W_n
+        self.slope = slope
+        self.register_buffer("no_self", torch.eye(parts, dtype=torch.bool), persistent=False)
+
+    def attention(self, x: torch.Tensor) -> torch.Tensor:
+        """B×K(j)×K(k) weights: softmax over j of cos(phi_j, theta_k), with the diagonal masked out."""
+        q = F.normalize(F.leaky_relu(self.theta(x), self.slope), dim=-1)
+        kv = F.normalize(F.leaky_relu(self.phi(x), self.slope), dim=-1)
+        logits = torch.einsum("bjd,bkd->bjk", kv, q).masked_fill(self.no_self, -1e6)
+        return logits.softmax(dim=1)
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        b, k, d = x.shape
+        kv = F.normalize(F.leaky_relu(self.phi(x), self.slope), dim=-1)
+        attn = self.attention(x)
+        aggregated = torch.einsum("bjk,bjd->bkd", attn, kv)  # aggregates the normalised phi, as the code does
+        up = self.up(aggregated).reshape(b, k * d)
+        # A training batch of one cannot estimate batch statistics: use the running ones (the official code crashes).
+        up = F.batch_norm(up, self.bn.running_mean, self.bn.running_var, self.bn.weight, self.bn.bias,
+                          training=self.training and b > 1, momentum=self.bn.momentum, eps=self.bn.eps)
+        z = x + F.leaky_relu(up, self.slope).reshape(b, k, d)
+        return self.out(z)
+
+
+class SSAN(nn.Module):
+    def __init__(self, params: SSANRunParams, vocab_size: int, num_classes: int):
+        super().__init__()
+        m, s = params.model, params.ssan
+        if m.text_encoder != "bilstm":
+            raise ValueError(f"ssan.model.text_encoder: SSAN uses the Bi-LSTM text branch, got {m.text_encoder!r}")
+        self.s = s
+        widths = tuple(m.backbone_widths) if m.backbone_widths else None
+        self.backbone = create_backbone(m.image_backbone, pretrained=m.pretrained, last_stride=m.last_stride,
+                                        widths=widths)
+        channels = self.backbone.channels["layer4"]
+        if m.text_hidden != channels:
+            raise ValueError(
+                f"ssan.model.text_hidden ({m.text_hidden}) must equal the backbone's output channels ({channels}): "
+                "W_g and W_l are shared by image and text"
+            )
+        dim, parts = m.feature_dim, s.parts
+        # Text: one shared Bi-LSTM run over two embedding tables (global uses the encoder's own table).
+        self.text_encoder = BiLSTMEncoder(vocab_size, m.word_embed_dim, hidden=channels, dropout=m.text_dropout)
+        self.W_g = nn.Linear(channels, dim, bias=False)
+        nn.init.kaiming_normal_(self.W_g.weight, mode="fan_out")
+        self.id_global = self._classifier(dim, num_classes)
+        if s.part_features:
+            self.local_embed = nn.Embedding(vocab_size, m.word_embed_dim, padding_idx=0)
+            self.local_dropout = nn.Dropout(m.text_dropout)
+            self.word_attention = nn.Linear(channels, parts, bias=False)  # W_p: per-word, per-part gate logits
+            nn.init.kaiming_normal_(self.word_attention.weight, mode="fan_out")
+            self.W_l = PartLinear(parts, channels, dim)
+            self.id_local = nn.ModuleList(self._classifier(dim, num_classes) for _ in range(parts))
+        if s.relation:
+            self.nonlocal_net = MultiViewNonLocal(parts, dim, s.relation_dim, s.leaky_slope)
+            self.id_relation = nn.ModuleList(self._classifier(s.relation_dim, num_classes) for _ in range(parts))
+        self.dims = {"global": dim, "local": parts * dim if s.part_features else 0,
+                     "relation": parts * s.relation_dim if s.relation else 0}
+
+    @staticmethod
+    def _classifier(d_in: int, n: int) -> nn.Linear:
+        head = nn.Linear(d_in, n)
+        nn.init.normal_(head.weight, std=0.001)
+        nn.init.zeros_(head.bias)
+        return head
+
+    # ------------------------------------------------------------------ features
+    def _parts_to_relation(self, local: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor | None]:
+        """LeakyReLU then MV-NLN. With `inplace_part_act` the returned part features are the activated ones (official)."""
+        activated = F.leaky_relu(local, self.s.leaky_slope)
+        if self.s.inplace_part_act:
+            local = activated
+        relation = self.nonlocal_net(activated) if self.s.relation else None
+        return local, relation
+
+    def image_features(self, images: torch.Tensor) -> dict[str, torch.Tensor]:
+        fmap = self.backbone(images)["layer4"]  # B×C×H×W
+        out = {"global": self.W_g(fmap.amax((2, 3)))}
+        if self.s.part_features:
+            stripes = F.adaptive_max_pool2d(fmap, (self.s.parts, 1)).flatten(2).transpose(1, 2)  # B×K×C
+            out["local"], out["relation"] = self._parts_to_relation(self.W_l(stripes))
+        return out
+
+    def word_gates(self, ids: torch.Tensor, mask: torch.Tensor) -> torch.Tensor:
+        """WAM gates s_i^k (B×L×K): independent sigmoids, so a word may feed several parts or none."""
+        words = self.text_encoder.forward_embeddings(self.local_dropout(self.local_embed(ids)), mask)
+        return torch.sigmoid(self.word_attention(words)), words
+
+    def text_features(self, ids: torch.Tensor, mask: torch.Tensor) -> dict[str, torch.Tensor]:
+        mask = mask.bool()
+        words = self.text_encoder(ids, mask)  # B×L×C, zero at padding
+        if self.s.global_pool_includes_padding:
+            pooled = words.amax(1)  # official: the zeros at padded positions take part in the max
+        else:
+            pooled = words.masked_fill(~mask.unsqueeze(-1), float("-inf")).amax(1)
+            pooled = torch.where(mask.any(1, keepdim=True), pooled, torch.zeros_like(pooled))
+        out = {"global": self.W_g(pooled)}
+        if self.s.part_features:
+            gates, local_words = self.word_gates(ids, mask)
+            gated = gates.unsqueeze(-1) * local_words.unsqueeze(2)  # B×L×K×C
+            gated = gated.masked_fill(~mask[:, :, None, None], float("-inf")).amax(1)  # max over valid words
+            gated = torch.where(mask.any(1)[:, None, None], gated, torch.zeros_like(gated))
+            out["local"], out["relation"] = self._parts_to_relation(self.W_l(gated))
+        return out
+
+    def _flat(self, feats: dict[str, torch.Tensor]) -> torch.Tensor:
+        return torch.cat([feats[k].flatten(1) for k in ("global", "local", "relation") if feats.get(k) is not None], 1)
+
+    def encode_images(self, images: torch.Tensor) -> torch.Tensor:
+        """[v_g | v_l (K·d) | v_n (K·r)] concatenated; `similarities` splits it again."""
+        return self._flat(self.image_features(images))
+
+    def encode_texts(self, ids: torch.Tensor, mask: torch.Tensor) -> torch.Tensor:
+        return self._flat(self.text_features(ids, mask))
+
+    def similarities(self, image_feats: torch.Tensor, text_feats: torch.Tensor) -> dict[str, torch.Tensor]:
+        """S_g, S_l, S_n (each one cosine over its concatenated vector) and "final" = their sum (ssan.md §5)."""
+        out, start = {}, 0
+        for name, width in self.dims.items():
+            if width:
+                out[name] = cosine_similarity(text_feats[:, start:start + width], image_feats[:, start:start + width])
+                start += width
+        out["final"] = sum(out.values())
+        return out
+
+    # ------------------------------------------------------------------ training
+    def _id_loss(self, feats: dict, labels: torch.Tensor, name: str, heads) -> torch.Tensor:
+        if name == "global":
+            return id_loss(heads(feats[name]), labels)
+        x = feats[name]
+        return sum(id_loss(head(x[:, k]), labels) for k, head in enumerate(heads)) / len(heads)
+
+    def forward(self, batch: dict, tp: TrainParams) -> dict[str, torch.Tensor]:
+        s = self.s
+        img = self.image_features(batch["image"])
+        txt = self.text_features(batch["ids"], batch["mask"])
+        weak = self.text_features(batch["weak_ids"], batch["weak_mask"])
+        labels, epoch = batch["label"], batch["epoch"]
+        branches = [("global", 1.0, self.id_global)]
+        if s.part_features:
+            branches.append(("local", s.local_weight, self.id_local))
+        if s.relation:
+            branches.append(("relation", s.local_weight, self.id_relation))
+        terms = {"id": 0.0, "cr": 0.0}
+        for name, weight, heads in branches:
+            # ID: only the main caption, with the classifier shared by image and text
+            terms["id"] = terms["id"] + weight * (self._id_loss(img, labels, name, heads) +
+                                                  self._id_loss(txt, labels, name, heads))
+            terms["cr"] = terms["cr"] + weight * compound_ranking_loss(
+                img[name].flatten(1), txt[name].flatten(1), weak[name].flatten(1), labels, epoch=epoch,
+                alpha1=s.alpha1, beta=s.beta, alpha2_start_epoch=s.alpha2_start_epoch, weak_term=s.weak_term,
+                weak_gate=s.weak_gate, weak_neg=s.weak_neg, lambda_mode=s.lambda_mode, reduction=s.cr_reduction,
+            )
+        terms["id"] = tp.id_weight * terms["id"]
+        terms["loss"] = terms["id"] + terms["cr"]
+        return terms
+
+
+# ---------------------------------------------------------------------- analysis helpers (used by the notebooks)
+
+
+def retrieval_embedding(model: SSAN, feats: torch.Tensor) -> torch.Tensor:
+    """Concatenate the L2-normalised global / part / relation vectors, so that dot products equal S_all."""
+    parts, start = [], 0
+    for width in model.dims.values():
+        if width:
+            parts.append(F.normalize(feats[:, start:start + width], dim=1, eps=1e-12))
+            start += width
+    return torch.cat(parts, dim=1)
+
+
+@torch.no_grad()
+def gates_for_tokens(model: SSAN, vocab, token_lists: list[list[str]]) -> list[tuple[torch.Tensor, list[bool]]]:
+    """WAM gates per caption, (n_kept × K), and which tokens were kept (out-of-vocabulary words are deleted)."""
+    was_training = model.training
+    model.eval()
+    out = []
+    for tokens in token_lists:
+        kept = [len(vocab.encode_tokens([t])) == 1 for t in tokens]
+        ids = torch.tensor([vocab.encode_tokens(tokens) or [0]])
+        mask = torch.tensor([[True] * len(vocab.encode_tokens(tokens)) or [False]])
+        gates, _ = model.word_gates(ids.to(model.W_g.weight.device), mask.to(model.W_g.weight.device))
+        out.append((gates[0, : int(mask.sum())].cpu(), kept))
+    model.train(was_training)
+    return out
+
+
+@torch.no_grad()
+def mean_part_attention(model: SSAN, local_feats: torch.Tensor) -> torch.Tensor:
+    """MV-NLN attention (K×K, rows j = attended part, columns k = querying part) averaged over samples.
+
+    `local_feats` are the part features v_l or t_l (B×K·d, the middle block of `encode_*`)."""
+    k = model.s.parts
+    x = F.leaky_relu(local_feats.reshape(local_feats.shape[0], k, -1), model.s.leaky_slope)
+    return model.nonlocal_net.attention(x.to(model.W_g.weight.device)).mean(0).cpu()
