@@ -5,6 +5,9 @@ from pathlib import Path
 import nbformat
 import pytest
 
+from tireid_core.engine import build_experiment, fit
+from tireid_core.models import model_builder
+from tireid_core.params import load_run_params, load_section
 from tireid_core.run import execute_notebook
 
 REPO = Path(__file__).resolve().parent.parent
@@ -20,6 +23,16 @@ def test_notebooks_are_committed_without_outputs_and_have_parameters():
         assert sum("parameters" in c.metadata.get("tags", []) for c in code) == 1, f"{name}: one parameters cell"
 
 
+def _train_ssan_rows(tmp_path, root):
+    """What the ssan and ssan_ablation stages produce, on the tiny profile."""
+    rows = load_section("ssan_ablation", params_file=REPO / "params.yaml")
+    for key, switches in [*rows.items(), ("full", {})]:
+        sets = [f"ssan.out_dir={tmp_path / 'ssan' / key}", f"ssan.data.root={root}",
+                *(f"ssan.ssan.{k}={str(v).lower()}" for k, v in switches.items())]
+        params = load_run_params("ssan", params_file=REPO / "params.yaml", profile="tiny", sets=sets)
+        fit(build_experiment(params, model_builder("ssan")))
+
+
 @pytest.mark.slow
 @pytest.mark.parametrize("name", NOTEBOOKS)
 def test_notebook_runs_on_tiny_profile(name, tmp_path, tiny_simpedes):
@@ -27,13 +40,22 @@ def test_notebook_runs_on_tiny_profile(name, tmp_path, tiny_simpedes):
         f"simpedes.out_dir={tiny_simpedes}",
         f"baseline.out_dir={tmp_path / 'baseline'}",
         f"baseline.data.root={tiny_simpedes}",
+        f"ssan.out_dir={tmp_path / 'ssan' / 'full'}",
+        f"ssan.data.root={tiny_simpedes}",
     ]
+    if name == "ssan_analysis":
+        _train_ssan_rows(tmp_path, tiny_simpedes)
     out = execute_notebook(name, profile="tiny", sets=sets, params_file=REPO / "params.yaml", out_dir=tmp_path / "nb")
     nb = nbformat.read(out, as_version=4)
     errors = [o for c in nb.cells if c.cell_type == "code" for o in c.outputs if o.output_type == "error"]
     assert not errors
     assert (tmp_path / "nb" / f"{name}.html").exists()
-    if name == "baseline":
-        metrics = json.loads((tmp_path / "baseline" / "metrics.json").read_text())
-        assert metrics["best"]["test"]["R@1"] >= 0
-        assert (tmp_path / "baseline" / "figures" / "retrieval.png").exists()
+    if name in ("baseline", "ssan"):
+        run = tmp_path / name if name == "baseline" else tmp_path / "ssan" / "full"
+        metrics = json.loads((run / "metrics.json").read_text())
+        assert 0 <= metrics["best"]["test"]["R@1"] <= 100
+        assert (run / "figures" / "retrieval.png").exists()
+    if name == "ssan_analysis":
+        analysis = json.loads((tmp_path / "ssan" / "analysis" / "analysis.json").read_text())
+        assert set(analysis) == {"intra_class_ratio", "word_part_agreement", "word_part_chance"}
+        assert (tmp_path / "ssan" / "analysis" / "tsne_text_intra_class.png").exists()

@@ -65,6 +65,12 @@ class ImageDataset(Dataset):
         return self.transform(read_image(self.paths[i]))
 
 
+def _trim(ids: torch.Tensor, mask: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+    """Drop padding columns beyond the batch's longest caption (every model masks padding, so only time changes)."""
+    length = max(int(mask.sum(1).max()), 1)
+    return ids[:, :length], mask[:, :length]
+
+
 @dataclass
 class CaptionCollate:
     """Stack images and tokenise captions of a batch with the run's tokenizer."""
@@ -73,7 +79,7 @@ class CaptionCollate:
     max_words: int
 
     def __call__(self, items: list[dict]) -> dict:
-        ids, mask = self.tokenizer.encode_batch([it["caption"] for it in items], self.max_words)
+        ids, mask = _trim(*self.tokenizer.encode_batch([it["caption"] for it in items], self.max_words))
         batch = {
             "image": torch.stack([it["image"] for it in items]),
             "ids": ids,
@@ -83,7 +89,7 @@ class CaptionCollate:
             "index": torch.tensor([it["index"] for it in items]),
         }
         if "weak_caption" in items[0]:
-            batch["weak_ids"], batch["weak_mask"] = self.tokenizer.encode_batch(
+            batch["weak_ids"], batch["weak_mask"] = _trim(*self.tokenizer.encode_batch(
                 [it["weak_caption"] for it in items], self.max_words
-            )
+            ))
         return batch

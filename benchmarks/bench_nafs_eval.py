@@ -1,0 +1,191 @@
+"""NAFS test-time scoring on a CUHK-PEDES-sized test set (6,156 captions × 3,074 images): vectorised vs per-text loop.
+
+    python benchmarks/bench_nafs_eval.py [--config demo|paper] [--threads N] [--loop-texts 48] ...
+
+Random features (seeded), unit counts and widths of nafs.md §10 (``demo``: d = 128, BERT max length 32 → 30 word units
++ global + 2 sub-sentences = 33 text units, 6 image units) or of the paper (``paper``: d = 768, 101 text units; about
+10 GB of memory and several minutes on 2 cores). Each caption has a random number of valid word units.
+
+Times the full evaluation — S = S_glob + S_loc (CNL, nafs.md §2.3, §5) then RVN (§5, §7 item 1) — with
+tireid_core.models.nafs_scoring against the straightforward reference loops of the same module: CNL one text at a time
+over all images (and, on fewer texts, in 200-image chunks as the official code does, §7 items 11 and 16), RVN with
+Python sets per (text, image) pair. The loops run on a subset of texts (RVN official: of image rows) and are
+extrapolated linearly, which the output says. Checks on the subset: CNL scores allclose in float32 and full rankings
+identical in float64 (float32 rankings can legitimately swap scores closer than rounding), RVN bonuses bit-identical.
+Prints figures; asserts nothing about time (exit status 1 if a parity check fails).
+"""
+from __future__ import annotations
+
+import argparse
+import os
+import sys
+import time
+from pathlib import Path
+
+import torch
+
+sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
+from tireid_core.models.nafs_scoring import (  # noqa: E402
+    cnl_scores,
+    cnl_scores_loop,
+    nafs_test_scores,
+    rvn_bonus,
+    rvn_bonus_loop,
+    visual_similarity,
+)
+
+N_CAPTIONS, N_IMAGES = 6156, 3074
+CONFIGS = {
+    # name: (d, text units U, min/max valid word units, image units R)
+    "demo": dict(d=128, units=33, words=(10, 30), regions=6,
+                 note="demo-like (nafs.md §10): d = 128, max length 32 -> 30 word units + global + 2 sub-sentences"),
+    "paper": dict(d=768, units=101, words=(15, 98), regions=6,
+                  note="paper (nafs.md §2): d = 768, 101 text units (global + 2 sub-sentences + 98 words)"),
+}
+
+
+def make_problem(cfg, seed):
+    g = torch.Generator().manual_seed(seed)
+    t, i, u, d, r = N_CAPTIONS, N_IMAGES, cfg["units"], cfg["d"], cfg["regions"]
+    lo, hi = cfg["words"]
+    n_words = torch.randint(lo, hi + 1, (t,), generator=g)
+    mask = torch.arange(u)[None, :] < (3 + n_words)[:, None]  # global, 2 sub-sentences, then the words
+    return dict(
+        text_global=torch.randn(t, d, generator=g), image_global=torch.randn(i, d, generator=g),
+        text_units=torch.randn(t, u, d, generator=g), text_values=torch.randn(t, u, d, generator=g),
+        text_mask=mask,
+        image_units=torch.randn(i, r, d, generator=g), image_values=torch.randn(i, r, d, generator=g),
+    )
+
+
+def clock(fn):
+    start = time.perf_counter()
+    out = fn()
+    return out, time.perf_counter() - start
+
+
+def stable_ranking(scores):
+    return torch.sort(scores, dim=1, descending=True, stable=True).indices
+
+
+def main():
+    cores = len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else os.cpu_count()
+    ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    ap.add_argument("--config", choices=sorted(CONFIGS), default="demo")
+    ap.add_argument("--threads", type=int, default=cores)
+    ap.add_argument("--seed", type=int, default=0)
+    ap.add_argument("--chunk", type=int, default=None, help="cnl_scores block size in elements (default: module's)")
+    ap.add_argument("--loop-texts", type=int, default=48, help="texts timed with the per-text CNL loop")
+    ap.add_argument("--official-loop-texts", type=int, default=6, help="texts timed with 200-image chunks")
+    ap.add_argument("--rvn-loop-texts", type=int, default=300, help="texts timed with the intended-RVN set loop")
+    ap.add_argument("--rvn-loop-images", type=int, default=150, help="image rows timed with the official-RVN loop")
+    ap.add_argument("--fp64-texts", type=int, default=12, help="texts whose float64 rankings are compared")
+    args = ap.parse_args()
+    torch.set_num_threads(args.threads)
+    cfg = CONFIGS[args.config]
+    p = make_problem(cfg, args.seed)
+    n_valid = p["text_mask"].sum(1).float()
+    print(f"problem: {N_CAPTIONS} texts x {N_IMAGES} images; config {args.config}: {cfg['note']}")
+    print(f"  text units U = {cfg['units']} (valid per text: mean {n_valid.mean():.1f}, min {n_valid.min():.0f}, "
+          f"max {n_valid.max():.0f}), image units R = {cfg['regions']}, d = {cfg['d']}; random features, seed {args.seed}")
+    print(f"  torch {torch.__version__}, {args.threads} CPU threads, load average {os.getloadavg()[0]:.2f}")
+    cnl_args = dict(text_values=p["text_values"], image_values=p["image_values"])
+    unit_args = (p["text_units"], p["text_mask"], p["image_units"])
+
+    # ---- vectorised evaluation -------------------------------------------------------------------------
+    print("\nvectorised (tireid_core.models.nafs_scoring)")
+    with torch.no_grad():
+        scores, t_cnl = clock(lambda: nafs_test_scores(p["text_global"], p["image_global"], *unit_args,
+                                                       chunk=args.chunk, **cnl_args))
+        vis, t_vis = clock(lambda: visual_similarity(p["image_global"]))
+        s = scores["total"]
+        b_int, t_int = clock(lambda: rvn_bonus(s, vis, mode="intended"))
+        reranked_int = s + b_int
+        b_off, t_off = clock(lambda: rvn_bonus(s, vis, mode="official"))
+    print(f"  S_glob + S_loc (CNL)                         {t_cnl:9.2f} s")
+    print(f"  visual similarity (image x image)            {t_vis:9.2f} s")
+    print(f"  RVN bonus, intended                          {t_int:9.2f} s")
+    print(f"  RVN bonus, official                          {t_off:9.2f} s")
+
+    # ---- reference loops on subsets, extrapolated --------------------------------------------------------
+    g = torch.Generator().manual_seed(args.seed + 1)
+    perm = torch.randperm(N_CAPTIONS, generator=g)
+    sub = perm[:args.loop_texts].sort().values
+    sub200 = perm[:args.official_loop_texts].sort().values
+    sub_rvn = perm[:args.rvn_loop_texts].sort().values.tolist()
+    img_rows = torch.randperm(N_IMAGES, generator=g)[:args.rvn_loop_images].sort().values.tolist()
+
+    def on_texts(idx, **kw):
+        return cnl_scores_loop(p["text_units"][idx], p["text_mask"][idx], p["image_units"],
+                               text_values=p["text_values"][idx], image_values=p["image_values"], **kw)
+
+    print("\nreference loops (timed on a subset, extrapolated linearly to the full set)")
+    with torch.no_grad():
+        loop_loc, t = clock(lambda: on_texts(sub))
+        t_cnl_loop = t * N_CAPTIONS / len(sub)
+        print(f"  CNL per text, all images at once            {t_cnl_loop:9.2f} s  ({len(sub)} texts in {t:.2f} s)")
+        loop200, t = clock(lambda: on_texts(sub200, image_chunk=200))
+        t_cnl_loop200 = t * N_CAPTIONS / len(sub200)
+        print(f"  CNL per text and 200-image chunk (official)  {t_cnl_loop200:9.2f} s  "
+              f"({len(sub200)} texts in {t:.2f} s)")
+        loop_int, t = clock(lambda: rvn_bonus_loop(s, vis, mode="intended", rows=sub_rvn))
+        t_int_loop = t * N_CAPTIONS / len(sub_rvn)
+        print(f"  RVN intended, Python sets                    {t_int_loop:9.2f} s  ({len(sub_rvn)} texts in {t:.2f} s)")
+        loop_off, t = clock(lambda: rvn_bonus_loop(s, vis, mode="official", rows=img_rows))
+        t_off_loop = t * N_IMAGES / len(img_rows)
+        print(f"  RVN official, Python sets                    {t_off_loop:9.2f} s  "
+              f"({len(img_rows)} image rows in {t:.2f} s)")
+
+    # ---- parity ------------------------------------------------------------------------------------------
+    print("\nparity on the subsets")
+    ok = True
+    vec_loc = scores["local"][sub]
+    diff = (vec_loc - loop_loc).abs().max().item()
+    close = torch.allclose(vec_loc, loop_loc, rtol=1e-4, atol=1e-5)
+    close200 = torch.allclose(scores["local"][sub200], loop200, rtol=1e-4, atol=1e-5)
+    same_rank = (stable_ranking(vec_loc) == stable_ranking(loop_loc)).all(1)
+    same_top10 = (stable_ranking(vec_loc)[:, :10] == stable_ranking(loop_loc)[:, :10]).all(1)
+    print(f"  CNL float32: allclose {close} (200-chunk loop: {close200}), max |diff| {diff:.2e}; "
+          f"identical full ranking {int(same_rank.sum())}/{len(sub)}, identical top-10 {int(same_top10.sum())}/{len(sub)}")
+    ok &= close and close200
+    idx64 = sub[:args.fp64_texts]
+    with torch.no_grad():
+        args64 = [x[idx64].double() for x in (p["text_units"], p["text_values"])]
+        vec64 = cnl_scores(args64[0], p["text_mask"][idx64], p["image_units"].double(), text_values=args64[1],
+                           image_values=p["image_values"].double(), chunk=args.chunk)
+        ref64 = cnl_scores_loop(args64[0], p["text_mask"][idx64], p["image_units"].double(), text_values=args64[1],
+                                image_values=p["image_values"].double())
+    rank64 = bool((stable_ranking(vec64) == stable_ranking(ref64)).all())
+    print(f"  CNL float64 ({len(idx64)} texts): max |diff| {(vec64 - ref64).abs().max().item():.2e}, "
+          f"identical full rankings: {rank64}")
+    ok &= rank64
+    eq_int = torch.equal(b_int[sub_rvn], loop_int[sub_rvn])
+    eq_off = torch.equal(b_off[:, img_rows], loop_off[:, img_rows])
+    print(f"  RVN bonus bit-identical: intended {eq_int}, official {eq_off}")
+    ok &= eq_int and eq_off
+    loop_total = scores["global"][sub] + loop_loc + b_int[sub]
+    same_final = (stable_ranking(loop_total) == stable_ranking(reranked_int[sub])).all(1)
+    print(f"  S + RVN(intended) float32: identical full ranking {int(same_final.sum())}/{len(sub)}")
+    touched = int((b_off != 0).any(1).sum())
+    print(f"  (official RVN touches {touched} of {N_CAPTIONS} text rows; intended touches "
+          f"{int((b_int != 0).any(1).sum())})")
+
+    # ---- summary ----------------------------------------------------------------------------------------
+    vec_int = t_cnl + t_vis + t_int
+    vec_off = t_cnl + t_vis + t_off
+    print("\nspeed-up (full evaluation: S_glob + CNL + visual similarity + RVN; loops extrapolated)")
+    for label, loop_t, vec_t in (
+        ("CNL only, vs per-text loop", t_cnl_loop, t_cnl),
+        ("CNL only, vs per-text 200-image-chunk loop", t_cnl_loop200, t_cnl),
+        ("CNL + RVN intended, vs per-text loop + set loop", t_cnl_loop + t_vis + t_int_loop, vec_int),
+        ("CNL + RVN official, vs per-text loop + set loop", t_cnl_loop + t_vis + t_off_loop, vec_off),
+        ("CNL + RVN official, vs official-structured loops", t_cnl_loop200 + t_vis + t_off_loop, vec_off),
+    ):
+        print(f"  {label:52s} {loop_t:9.1f} s / {vec_t:6.1f} s = x{loop_t / vec_t:,.1f}")
+    if not ok:
+        print("PARITY CHECK FAILED")
+        sys.exit(1)
+
+
+if __name__ == "__main__":
+    main()
