@@ -1,16 +1,18 @@
 """NAFS test-time scoring on a CUHK-PEDES-sized test set (6,156 captions × 3,074 images): vectorised vs per-text loop.
 
-    python benchmarks/bench_nafs_eval.py [--config demo|paper] [--threads N] [--loop-texts 48] ...
+    python benchmarks/bench_nafs_eval.py [--config demo|paper] [--threads N] [--loop-texts 200] ...
 
-Random features (seeded), unit counts and widths of nafs.md §10 (``demo``: d = 128, BERT max length 32 → 30 word units
-+ global + 2 sub-sentences = 33 text units, 6 image units) or of the paper (``paper``: d = 768, 101 text units; about
-10 GB of memory and several minutes on 2 cores). Each caption has a random number of valid word units.
+Random features (seeded), unit counts and widths of nafs.md §10 (``demo``, default: d = 128, BERT max length 32 → 30
+word units + global + 2 sub-sentences = 33 text units, 6 image units; about 35 s on 2 cores) or of the paper
+(``paper``: d = 768, 101 text units; about 10 GB of memory and 2 minutes on 2 cores with --loop-texts 40). Each caption
+has a random number of valid word units.
 
 Times the full evaluation — S = S_glob + S_loc (CNL, nafs.md §2.3, §5) then RVN (§5, §7 item 1) — with
 tireid_core.models.nafs_scoring against the straightforward reference loops of the same module: CNL one text at a time
 over all images (and, on fewer texts, in 200-image chunks as the official code does, §7 items 11 and 16), RVN with
 Python sets per (text, image) pair. The loops run on a subset of texts (RVN official: of image rows) and are
-extrapolated linearly, which the output says. Checks on the subset: CNL scores allclose in float32 and full rankings
+extrapolated linearly (the set loops' fixed part, every image's neighbour set, is timed separately and counted once),
+which the output says. Checks on the subset: CNL scores allclose in float32 and full rankings
 identical in float64 (float32 rankings can legitimately swap scores closer than rounding), RVN bonuses bit-identical.
 Prints figures; asserts nothing about time (exit status 1 if a parity check fails).
 """
@@ -75,8 +77,8 @@ def main():
     ap.add_argument("--threads", type=int, default=cores)
     ap.add_argument("--seed", type=int, default=0)
     ap.add_argument("--chunk", type=int, default=None, help="cnl_scores block size in elements (default: module's)")
-    ap.add_argument("--loop-texts", type=int, default=48, help="texts timed with the per-text CNL loop")
-    ap.add_argument("--official-loop-texts", type=int, default=6, help="texts timed with 200-image chunks")
+    ap.add_argument("--loop-texts", type=int, default=200, help="texts timed with the per-text CNL loop")
+    ap.add_argument("--official-loop-texts", type=int, default=40, help="texts timed with 200-image chunks")
     ap.add_argument("--rvn-loop-texts", type=int, default=300, help="texts timed with the intended-RVN set loop")
     ap.add_argument("--rvn-loop-images", type=int, default=150, help="image rows timed with the official-RVN loop")
     ap.add_argument("--fp64-texts", type=int, default=12, help="texts whose float64 rankings are compared")
@@ -87,14 +89,17 @@ def main():
     n_valid = p["text_mask"].sum(1).float()
     print(f"problem: {N_CAPTIONS} texts x {N_IMAGES} images; config {args.config}: {cfg['note']}")
     print(f"  text units U = {cfg['units']} (valid per text: mean {n_valid.mean():.1f}, min {n_valid.min():.0f}, "
-          f"max {n_valid.max():.0f}), image units R = {cfg['regions']}, d = {cfg['d']}; random features, seed {args.seed}")
+          f"max {n_valid.max():.0f}), image units R = {cfg['regions']}, d = {cfg['d']}; "
+          f"random features, seed {args.seed}")
     print(f"  torch {torch.__version__}, {args.threads} CPU threads, load average {os.getloadavg()[0]:.2f}")
     cnl_args = dict(text_values=p["text_values"], image_values=p["image_values"])
     unit_args = (p["text_units"], p["text_mask"], p["image_units"])
 
     # ---- vectorised evaluation -------------------------------------------------------------------------
-    print("\nvectorised (tireid_core.models.nafs_scoring)")
+    print("\nvectorised (tireid_core.models.nafs_scoring; one run after a warm-up on 8 texts)")
     with torch.no_grad():
+        cnl_scores(p["text_units"][:8], p["text_mask"][:8], p["image_units"], text_values=p["text_values"][:8],
+                   image_values=p["image_values"], chunk=args.chunk)
         scores, t_cnl = clock(lambda: nafs_test_scores(p["text_global"], p["image_global"], *unit_args,
                                                        chunk=args.chunk, **cnl_args))
         vis, t_vis = clock(lambda: visual_similarity(p["image_global"]))
@@ -102,10 +107,10 @@ def main():
         b_int, t_int = clock(lambda: rvn_bonus(s, vis, mode="intended"))
         reranked_int = s + b_int
         b_off, t_off = clock(lambda: rvn_bonus(s, vis, mode="official"))
-    print(f"  S_glob + S_loc (CNL)                         {t_cnl:9.2f} s")
-    print(f"  visual similarity (image x image)            {t_vis:9.2f} s")
-    print(f"  RVN bonus, intended                          {t_int:9.2f} s")
-    print(f"  RVN bonus, official                          {t_off:9.2f} s")
+    print(f"  {'S_glob + S_loc (CNL)':44s} {t_cnl:9.2f} s")
+    print(f"  {'visual similarity (image x image)':44s} {t_vis:9.2f} s")
+    print(f"  {'RVN bonus, intended':44s} {t_int:9.2f} s")
+    print(f"  {'RVN bonus, official':44s} {t_off:9.2f} s")
 
     # ---- reference loops on subsets, extrapolated --------------------------------------------------------
     g = torch.Generator().manual_seed(args.seed + 1)
@@ -123,18 +128,24 @@ def main():
     with torch.no_grad():
         loop_loc, t = clock(lambda: on_texts(sub))
         t_cnl_loop = t * N_CAPTIONS / len(sub)
-        print(f"  CNL per text, all images at once            {t_cnl_loop:9.2f} s  ({len(sub)} texts in {t:.2f} s)")
+        print(f"  {'CNL per text, all images at once':44s} {t_cnl_loop:9.2f} s  ({len(sub)} texts in {t:.2f} s)")
         loop200, t = clock(lambda: on_texts(sub200, image_chunk=200))
         t_cnl_loop200 = t * N_CAPTIONS / len(sub200)
-        print(f"  CNL per text and 200-image chunk (official)  {t_cnl_loop200:9.2f} s  "
+        print(f"  {'CNL per text and 200-image chunk (official)':44s} {t_cnl_loop200:9.2f} s  "
               f"({len(sub200)} texts in {t:.2f} s)")
-        loop_int, t = clock(lambda: rvn_bonus_loop(s, vis, mode="intended", rows=sub_rvn))
-        t_int_loop = t * N_CAPTIONS / len(sub_rvn)
-        print(f"  RVN intended, Python sets                    {t_int_loop:9.2f} s  ({len(sub_rvn)} texts in {t:.2f} s)")
-        loop_off, t = clock(lambda: rvn_bonus_loop(s, vis, mode="official", rows=img_rows))
-        t_off_loop = t * N_IMAGES / len(img_rows)
-        print(f"  RVN official, Python sets                    {t_off_loop:9.2f} s  "
-              f"({len(img_rows)} image rows in {t:.2f} s)")
+        # The set loops have a fixed part (every image's visual neighbours, lists from the tensors), timed with no
+        # rows and counted once; only the per-row part is extrapolated.
+        for mode, rows, total in (("intended", sub_rvn, N_CAPTIONS), ("official", img_rows, N_IMAGES)):
+            _, t_fixed = clock(lambda: rvn_bonus_loop(s, vis, mode=mode, rows=[]))
+            loop_bonus, t = clock(lambda: rvn_bonus_loop(s, vis, mode=mode, rows=rows))
+            t_full = t_fixed + max(t - t_fixed, 0.0) * total / len(rows)
+            what = "texts" if mode == "intended" else "image rows"
+            print(f"  {'RVN ' + mode + ', Python sets':44s} {t_full:9.2f} s  "
+                  f"({len(rows)} {what} in {t:.2f} s, of which {t_fixed:.2f} s fixed)")
+            if mode == "intended":
+                loop_int, t_int_loop = loop_bonus, t_full
+            else:
+                loop_off, t_off_loop = loop_bonus, t_full
 
     # ---- parity ------------------------------------------------------------------------------------------
     print("\nparity on the subsets")
@@ -145,9 +156,14 @@ def main():
     close200 = torch.allclose(scores["local"][sub200], loop200, rtol=1e-4, atol=1e-5)
     same_rank = (stable_ranking(vec_loc) == stable_ranking(loop_loc)).all(1)
     same_top10 = (stable_ranking(vec_loc)[:, :10] == stable_ranking(loop_loc)[:, :10]).all(1)
-    print(f"  CNL float32: allclose {close} (200-chunk loop: {close200}), max |diff| {diff:.2e}; "
-          f"identical full ranking {int(same_rank.sum())}/{len(sub)}, identical top-10 {int(same_top10.sum())}/{len(sub)}")
-    ok &= close and close200
+    print(f"  CNL float32: allclose {close} (200-chunk loop: {close200}), max |diff| {diff:.2e}; identical full "
+          f"ranking {int(same_rank.sum())}/{len(sub)}, identical top-10 {int(same_top10.sum())}/{len(sub)}")
+    # Where float32 rankings differ, the loop's order must still be sorted by the vectorised scores up to rounding.
+    along_loop = vec_loc.gather(1, stable_ranking(loop_loc))
+    worst = (along_loop[:, 1:] - along_loop[:, :-1]).max().item()
+    print(f"    differing rankings only swap scores within {max(worst, 0.0):.1e} of each other "
+          f"(≤ 2 x max |diff|: {worst <= 2 * diff})")
+    ok &= close and close200 and worst <= 2 * diff
     idx64 = sub[:args.fp64_texts]
     with torch.no_grad():
         args64 = [x[idx64].double() for x in (p["text_units"], p["text_values"])]
@@ -182,6 +198,8 @@ def main():
         ("CNL + RVN official, vs official-structured loops", t_cnl_loop200 + t_vis + t_off_loop, vec_off),
     ):
         print(f"  {label:52s} {loop_t:9.1f} s / {vec_t:6.1f} s = x{loop_t / vec_t:,.1f}")
+    headline = (t_cnl_loop + t_vis + t_int_loop) / vec_int
+    print(f"headline speed-up (CNL + intended RVN vs per-text loop + set loop; target >= 20): x{headline:,.1f}")
     if not ok:
         print("PARITY CHECK FAILED")
         sys.exit(1)

@@ -1,8 +1,8 @@
 """NAFS test-time scoring: contextual non-local attention (CNL) score and re-ranking by visual neighbours (RVN).
 
-Spec: ../shared/specs/nafs.md §2.3 (CNL), §5 (test-time similarity, RVN), §7 items 1, 11 and 16 (official-code quirks and
-cost), evaluation.md §3 (tie rule) and §6 (re-ranking is a separate row). Implemented from the spec, not from the official
-code.
+Spec: ../shared/specs/nafs.md §2.3 (CNL), §5 (test-time similarity, RVN), §7 items 1, 11 and 16 (official-code
+quirks and cost), evaluation.md §3 (tie rule) and §6 (re-ranking is a separate row). Implemented from the spec, not
+from the official code.
 
 Public API
 - :func:`cnl_scores` — S_loc for every (text, image) pair, vectorised over texts and images in bounded blocks.
@@ -10,8 +10,9 @@ Public API
 - :func:`visual_similarity` — image×image cosine of the global image features, input of RVN (§5).
 - :func:`topk_mask` — top-K membership under the project tie rule (stable, ascending index).
 - :func:`rvn_bonus` / :func:`rvn_rerank` — RVN, ``mode="intended"`` (default), ``"official"`` or ``"off"`` (§7 item 1).
-- :func:`cnl_scores_loop`, :func:`rvn_bonus_loop`, :func:`rvn_rerank_loop` — straightforward reference loops (per text;
-  Python sets for RVN) for the parity tests and the benchmark. They mirror the official code's cost structure (§7 item 16).
+- :func:`cnl_scores_loop`, :func:`rvn_bonus_loop`, :func:`rvn_rerank_loop` — straightforward reference loops (per
+  text; Python sets for RVN) for the parity tests and the benchmark, with the official code's cost structure (§7 item
+  16).
 
 Every function returns new tensors: re-ranked scores are reported as their own row, never folded into the plain result
 (evaluation.md §6).
@@ -34,10 +35,11 @@ CNL_EPS = 1e-8
 RVN_K = 5
 RVN_WEIGHT = 1.0
 
-# Elements of one Tc×U×R×Ic working block. About 3 such buffers are live at once; 2**20 floats (4 MiB) keeps them near
-# the cache on CPU (bench_nafs_eval.py: 2**19..2**21 are within 10 % of each other on 2 cores, larger blocks are slower).
+# Elements of one Tc × U × R × Ic working block; about 3 such buffers are live at once. Images are split so that a block
+# holds at least _BLOCK_TEXTS texts (matrix products with enough rows). On 2 CPU cores, blocks of 2**19..2**21 elements
+# and image chunks of 128..3074 stay within about 20 % of the best (benchmarks/bench_nafs_eval.py problem).
 _CNL_BLOCK = {"cpu": 1 << 20, "cuda": 1 << 26}
-_IMG_CHUNK = 10**9
+_BLOCK_TEXTS = 16
 
 
 # ----------------------------------------------------------------------------------------------
@@ -114,7 +116,7 @@ def _needs_stabilizing(temperature, n_units, values, dtype):
     and e^−|λ| stays a normal number.
     """
     info = torch.finfo(dtype)
-    vmax = float(torch.linalg.vector_norm(values, dim=-1).max()) if values.numel() else 1.0
+    vmax = float(torch.linalg.vector_norm(values.detach(), dim=-1).max()) if values.numel() else 1.0
     log_bound = 2.0 * (math.log(n_units) + abs(temperature) + math.log(max(vmax, 1e-30)))
     return log_bound > math.log(info.max) - 4.0 or abs(temperature) > -math.log(info.tiny) - 4.0
 
@@ -151,8 +153,9 @@ def cnl_scores(text_units, text_mask, image_units, *, text_values=None, image_va
     - ``eps`` (1e-8): every normalisation and cosine above is x / (‖x‖ + ε) — in steps 1, 3, 5 and for both factors of
       the cosine in step 6 (a column of step 3 that is all zero stays zero). [inferred; the spec names no ε]
     - ``stabilize``: numerical only. None (default) picks automatically; see below.
-    - ``chunk``: elements of one working block (texts × units × image units × images); None = a device default.
-      Memory is about 3 blocks plus the T × I output, whatever the problem size.
+    - ``chunk``: elements of one working block (texts × units × image units × images); None = a device default
+      (2**20 on CPU, 2**26 on CUDA). Memory is about 3 blocks plus the T × I output and a packed copy of the text
+      units, whatever the number of pairs.
 
     How it is computed (same numbers as the steps above, up to rounding; the tests compare with
     :func:`cnl_scores_loop`)
@@ -195,36 +198,45 @@ def cnl_scores(text_units, text_mask, image_units, *, text_values=None, image_va
     packed_mask = mask.gather(1, unit_order)
     kn = kn.gather(1, unit_order[..., None].expand(-1, -1, d))
     vp = values.gather(1, unit_order[..., None].expand(-1, -1, dv))
-    kn = torch.where(packed_mask[..., None], kn, kn[:, :1])  # masked: the first valid key
-    vp = torch.where(packed_mask[..., None], vp, torch.zeros((), dtype=dtype, device=device))
+    if inplace:  # masked: the first valid key and a zero value
+        masked = ~packed_mask
+        kn[masked] = kn[:, :1].expand_as(kn)[masked]
+        vp[masked] = 0
+    else:
+        kn = torch.where(packed_mask[..., None], kn, kn[:, :1])
+        vp = torch.where(packed_mask[..., None], vp, torch.zeros((), dtype=dtype, device=device))
     mask_f = packed_mask.to(dtype)
     u_inv = 1.0 / (torch.linalg.vector_norm(img_values, dim=-1) + eps)  # I × R, for the cosine of step 6
 
     text_order = torch.argsort(counts, stable=True)
     sorted_counts = counts[text_order].tolist()
-    image_chunk = max(1, min(n_images, budget // (n_regions * n_units), _IMG_CHUNK))
-    out = torch.empty(n_texts, n_images, dtype=dtype, device=device)
 
+    image_chunk = max(1, min(n_images, budget // (n_regions * n_units * _BLOCK_TEXTS)))
+    out = torch.empty(n_texts, n_images, dtype=dtype, device=device)
+    # Image blocks in layout R × Ic, so that the sums over r (step 3, step 6) run over an outer dimension.
+    image_blocks = []
     for i0 in range(0, n_images, image_chunk):
         i1 = min(n_images, i0 + image_chunk)
-        ic = i1 - i0
-        # Layout R × Ic, so that the sums over r (step 3, step 6) run over an outer dimension.
-        q_blk = qn[i0:i1].transpose(0, 1).reshape(n_regions * ic, d)
-        u_blk = img_values[i0:i1].transpose(0, 1).reshape(n_regions * ic, dv)
-        u_inv_blk = u_inv[i0:i1].T  # R × Ic
-        per_unit = n_regions * ic
-        p = 0
-        while p < n_texts:
-            n = max(1, budget // (sorted_counts[p] * per_unit))
-            length = sorted_counts[min(n_texts, p + n) - 1]
-            n = max(1, budget // (length * per_unit))
-            q_end = min(n_texts, p + n)
-            n, length = q_end - p, sorted_counts[q_end - 1]
-            idx = text_order[p:q_end]
-            kc, vc, mc = kn[idx, :length], vp[idx, :length], mask_f[idx, :length]
+        image_blocks.append((i0, i1, qn[i0:i1].transpose(0, 1).reshape(-1, d),
+                             img_values[i0:i1].transpose(0, 1).reshape(-1, dv), u_inv[i0:i1].T))
+    per_unit = n_regions * image_chunk
 
+    p = 0
+    while p < n_texts:
+        n = max(1, budget // (sorted_counts[p] * per_unit))
+        length = sorted_counts[min(n_texts, p + n) - 1]
+        n = max(1, budget // (length * per_unit))
+        q_end = min(n_texts, p + n)
+        n, length = q_end - p, sorted_counts[q_end - 1]
+        idx = text_order[p:q_end]
+        kc = kn[idx, :length].reshape(n * length, d)
+        vc = vp[idx, :length]
+        gram = torch.cat([vc @ vc.transpose(1, 2), mask_f[idx, None, :length]], dim=1)  # n × (L+1) × L: [G; mask]
+        vc = vc.reshape(n * length, dv)
+        for i0, i1, q_blk, u_blk, u_inv_blk in image_blocks:
+            ic = i1 - i0
             # Steps 1-2.
-            s = (kc.reshape(n * length, d) @ q_blk.T).view(n, length, n_regions, ic)
+            s = (kc @ q_blk.T).view(n, length, n_regions, ic)
             s = F.leaky_relu(s, leaky_slope, inplace=inplace)
             # Step 3: each word's column over the image units r.
             factor = float(temperature) / (_norm_over_regions(s, inplace) + eps)
@@ -235,11 +247,10 @@ def cnl_scores(text_units, text_mask, image_units, *, text_values=None, image_va
                 s = s.sub_(row_max) if inplace else s - row_max
             e = s.exp_() if inplace else s.exp()
             # Steps 5-6: u·(Σ e v) from u·v; Z and Σ_w'w e G e from one batched product with [G; mask].
-            uv = (vc.reshape(n * length, dv) @ u_blk.T).view(n, length, n_regions, ic)
+            uv = (vc @ u_blk.T).view(n, length, n_regions, ic)
             uv = uv.mul_(e) if inplace else uv * e
             num = uv.sum(1)  # n × R × Ic
-            gram = torch.cat([vc @ vc.transpose(1, 2), mc[:, None, :]], dim=1)  # n × (L+1) × L
-            ge = torch.bmm(gram, e.reshape(n, length, per_unit)).view(n, length + 1, n_regions, ic)
+            ge = torch.bmm(gram, e.reshape(n, length, n_regions * ic)).view(n, length + 1, n_regions, ic)
             z = ge[:, length]
             ge_w = ge[:, :length]
             quad = (ge_w.mul_(e) if inplace else ge_w * e).sum(1)
@@ -248,7 +259,7 @@ def cnl_scores(text_units, text_mask, image_units, *, text_values=None, image_va
             t_hat_norm = t_norm / (t_norm + eps)
             cos = t_dot_u * u_inv_blk / (t_hat_norm + eps)
             out[idx, i0:i1] = cos.mean(1)
-            p = q_end
+        p = q_end
     return out
 
 
@@ -291,12 +302,13 @@ def visual_similarity(image_global, eps=1e-12):
 
 def nafs_test_scores(text_global, image_global, text_units, text_mask, image_units, *, text_values=None,
                      image_values=None, **cnl_kwargs):
-    """Test-time scores of nafs.md §5: ``global`` = S_glob = cos(f, t), ``local`` = S_loc, ``total`` = S_glob + S_loc.
+    """Test-time scores (nafs.md §5): ``global`` = S_glob = cos(f, t), ``local`` = S_loc, ``total`` = their sum.
 
-    ``text_global`` (T × d) and ``image_global`` (I × d) are the BN-neck global features t and f; the remaining arguments
-    go to :func:`cnl_scores`. Equal weights, as in the official test script. The project's cosine (ε = 1e-12 added to
-    the norm, metrics.cosine_similarity) is used for S_glob. All three are returned because the evaluator reports each
-    score matrix separately (evaluation.md §1, §6); RVN is applied afterwards with :func:`rvn_rerank`.
+    ``text_global`` (T × d) and ``image_global`` (I × d) are the BN-neck global features t and f; the remaining
+    arguments go to :func:`cnl_scores`. Equal weights, as in the official test script. The project's cosine (ε = 1e-12
+    added to the norm, metrics.cosine_similarity, computed in float32) is used for S_glob. All three are returned
+    because the evaluator reports each score matrix separately (evaluation.md §1, §6); RVN is applied afterwards with
+    :func:`rvn_rerank`.
     """
     s_glob = cosine_similarity(text_global, image_global)
     s_loc = cnl_scores(text_units, text_mask, image_units, text_values=text_values, image_values=image_values,
@@ -309,7 +321,9 @@ def nafs_test_scores(text_global, image_global, text_units, text_mask, image_uni
 # RVN
 # ----------------------------------------------------------------------------------------------
 
-def _score_matrix(scores, name):
+def _score_matrix(scores, name, check_nan=False):
+    """2-D float tensor (integers → float64, half types → float32). NaN is checked here only on request: the
+    vectorised top-K finds it for free (torch.topk ranks NaN first)."""
     s = torch.as_tensor(scores)
     if s.ndim != 2 or 0 in s.shape:
         raise ValueError(f"{name} must be a non-empty 2-D matrix, got shape {tuple(s.shape)}")
@@ -317,7 +331,7 @@ def _score_matrix(scores, name):
         s = s.to(torch.float64)
     elif s.dtype in (torch.float16, torch.bfloat16):
         s = s.float()
-    if torch.isnan(s).any():
+    if check_nan and torch.isnan(s).any():
         raise ValueError(f"{name} contains NaN: top-K would be undefined")
     return s
 
@@ -325,17 +339,23 @@ def _score_matrix(scores, name):
 def _topk_index(scores, k):
     """Row-wise top-k column indices under the project tie rule (any order within the row; RVN only uses the sets).
 
-    torch.topk's choice among values tied with the k-th is unspecified, so rows where a tie straddles the cut (more
-    entries equal to the k-th value than topk kept) are redone with a stable descending sort, whose first k are the
-    rule's set. Other rows are exact as they are: the set is then {> k-th} ∪ {= k-th}.
+    torch.topk's choice among values tied with the k-th is unspecified. Taking k + 1 values shows where a tie straddles
+    the cut (the (k+1)-th value equals the k-th); only those rows are redone with a stable descending sort, whose first
+    k are the rule's set. In every other row the set is {values ≥ the k-th} whichever way topk ordered it.
     """
     s = _score_matrix(scores, "scores")
-    k = min(int(k), s.shape[1])
+    n_cols = s.shape[1]
+    k = min(int(k), n_cols)
     if k < 1:
         raise ValueError(f"k must be positive, got {k}")
-    values, index = torch.topk(s, k, dim=1)
-    kth = values[:, -1:]
-    straddle = ((s == kth).sum(1) > (values == kth).sum(1)).nonzero().flatten()
+    if k == n_cols:
+        _score_matrix(s, "scores", check_nan=True)
+        return torch.arange(n_cols, device=s.device).expand(s.shape[0], n_cols).contiguous()
+    values, index = torch.topk(s, k + 1, dim=1)
+    if torch.isnan(values[:, 0]).any():
+        raise ValueError("scores contain NaN: top-K would be undefined")
+    index = index[:, :k].contiguous()
+    straddle = (values[:, k] == values[:, k - 1]).nonzero().flatten()
     if straddle.numel():
         index[straddle] = torch.sort(s[straddle], dim=1, descending=True, stable=True).indices[:, :k]
     return index
@@ -353,11 +373,11 @@ def topk_mask(scores, k):
     return torch.zeros(s.shape, dtype=torch.bool, device=s.device).scatter_(1, index, True)
 
 
-def _check_rvn(t2i_scores, i2i_scores, k, mode):
+def _check_rvn(t2i_scores, i2i_scores, k, mode, check_nan=False):
     if mode not in RVN_MODES:
         raise ValueError(f"mode must be one of {RVN_MODES}, got {mode!r}")
-    s = _score_matrix(t2i_scores, "t2i_scores")
-    v = _score_matrix(i2i_scores, "i2i_scores").to(s.device)
+    s = _score_matrix(t2i_scores, "t2i_scores", check_nan)
+    v = _score_matrix(i2i_scores, "i2i_scores", check_nan).to(s.device)
     n_images = s.shape[1]
     if v.shape != (n_images, n_images):
         raise ValueError(f"i2i_scores must be {n_images} × {n_images} (images of t2i_scores), got {tuple(v.shape)}")
@@ -403,7 +423,7 @@ def rvn_bonus(t2i_scores, i2i_scores, *, k=RVN_K, mode="intended"):
     k_txt, k_img = min(k, n_texts), min(k, n_images)
     # a[m, i] = 1 if text m ∈ A(i); rows padded to n_img, since image indices ≥ n_txt cannot collide with a text index.
     a = torch.zeros(max(n_texts, n_images), n_images, dtype=torch.uint8, device=s.device)
-    a.scatter_(0, _topk_index(s.T, k_txt).T, 1)
+    a.scatter_(0, _topk_index(s.T.contiguous(), k_txt).T, 1)
     neigh = _topk_index(v, k_img)  # I × K: V(j)
     n_rows = min(n_texts, n_images)  # t2i rows j = columns j of the official n_img × n_txt matrix
     inter = a.index_select(0, neigh[:n_rows, 0])  # inter[j, i] = |A(i) ∩ V(j)|
@@ -440,7 +460,7 @@ def rvn_bonus_loop(t2i_scores, i2i_scores, *, k=RVN_K, mode="intended", rows=Non
     ``rows`` restricts the outer loop (timing on a subset): text indices for ``"intended"``, image indices (rows of
     the official n_img × n_txt matrix) for ``"official"``; entries not computed are NaN.
     """
-    s, v, k = _check_rvn(t2i_scores, i2i_scores, k, mode)
+    s, v, k = _check_rvn(t2i_scores, i2i_scores, k, mode, check_nan=True)
     n_texts, n_images = s.shape
     if mode == "off":
         return torch.zeros_like(s)
