@@ -1,6 +1,8 @@
 """Figures and tables the notebooks show; kept here so every notebook draws them the same way."""
 from __future__ import annotations
 
+import io
+import json
 import textwrap
 from pathlib import Path
 
@@ -73,7 +75,6 @@ def metrics_table(summary: dict) -> pd.DataFrame:
 def save_figure(fig, path: str | Path) -> Path:
     """Write a figure atomically (figures are pipeline outputs too)."""
     from tireid_core.io import atomic_write_bytes
-    import io
 
     buf = io.BytesIO()
     fig.savefig(buf, format=Path(path).suffix.lstrip(".") or "png", dpi=110, bbox_inches="tight")
@@ -105,7 +106,7 @@ def simpedes_identity_grid(root: str | Path, meta: dict, pids: list[int], max_im
     by_id: dict[int, list[tuple[int, dict]]] = {}
     for i, im in enumerate(meta["images"]):
         by_id.setdefault(im["id"], []).append((i, im))
-    reid = __import__("json").loads((root / "reid_raw.json").read_text())
+    reid = json.loads((root / "reid_raw.json").read_text())
     fig, axes = plt.subplots(len(pids), max_images + 1, figsize=(1.6 * (max_images + 1) + 3.5, 2.6 * len(pids)),
                              squeeze=False)
     for row, pid in enumerate(pids):
@@ -259,8 +260,6 @@ def heatmap_figure(matrix, row_labels: list[str], col_labels: list[str], title: 
 
 def ablation_table(rows: dict[str, str | Path], row_labels: dict[str, str] | None = None) -> pd.DataFrame:
     """Best-on-val test metrics of several runs (their metrics.json files) as one table, in the given order."""
-    import json
-
     out = {}
     for key, path in rows.items():
         m = json.loads(Path(path).read_text())

@@ -47,14 +47,6 @@ def gather_with_grad(x: torch.Tensor) -> torch.Tensor:
     return torch.cat(all_gather(x))
 
 
-def all_gather_object(obj):
-    if not is_distributed():
-        return [obj]
-    out = [None] * world_size()
-    dist.all_gather_object(out, obj)
-    return out
-
-
 def mean_over_ranks(values: dict[str, float]) -> dict[str, float]:
     """Average scalar logs over ranks (a rank's loss covers only its slice of each batch)."""
     if not is_distributed():

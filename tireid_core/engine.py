@@ -35,7 +35,7 @@ from tireid_core.data.tokenizers import HFTokenizer, WordTokenizer, WordVocab, w
 from tireid_core.data.transforms import build_image_transform
 from tireid_core.io import atomic_torch_save, write_json
 from tireid_core.metrics import metrics_record, retrieval_metrics
-from tireid_core.params import RunParams, save_params, to_dict
+from tireid_core.params import RunParams, save_params
 
 SUMMARY_KEYS = ("R@1", "R@5", "R@10", "rSum", "mAP", "mINP")
 
@@ -68,19 +68,22 @@ class EvalSet:
     captions: list[str]
     caption_pids: list[int]
     caption_image: list[int]  # index into image_paths of the caption's own image
+    caption_refs: list[tuple[int, int]]  # (index into dataset.images, caption index): links queries to annotations
 
 
 def build_eval_set(dataset: TextImageDataset, split: str) -> EvalSet:
-    entries = dataset.split(split)
-    if not entries:
+    indices = [i for i, e in enumerate(dataset.images) if e.split == split]
+    if not indices:
         raise ValueError(f"dataset {dataset.name!r} at {dataset.root} has no {split!r} split")
-    caps, cap_pids, cap_img = [], [], []
-    for i, e in enumerate(entries):
-        for c in e.captions:
+    entries = [dataset.images[i] for i in indices]
+    caps, cap_pids, cap_img, refs = [], [], [], []
+    for i, (global_index, e) in enumerate(zip(indices, entries)):
+        for j, c in enumerate(e.captions):
             caps.append(c)
             cap_pids.append(e.pid)
             cap_img.append(i)
-    return EvalSet(split, [e.path for e in entries], [e.pid for e in entries], caps, cap_pids, cap_img)
+            refs.append((global_index, j))
+    return EvalSet(split, [e.path for e in entries], [e.pid for e in entries], caps, cap_pids, cap_img, refs)
 
 
 def drop_single_image_ids(pairs: list) -> list:
@@ -417,16 +420,3 @@ def load_best(exp: Experiment) -> None:
     state = torch.load(exp.run_dir / "checkpoints" / "best.pt", map_location="cpu", weights_only=True)
     exp.model.load_state_dict(state["model"])
 
-
-__all__ = [
-    "EvalSet",
-    "Experiment",
-    "build_eval_set",
-    "build_experiment",
-    "evaluate",
-    "fit",
-    "load_best",
-    "resolve_device",
-    "seed_everything",
-    "to_dict",
-]

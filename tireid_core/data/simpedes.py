@@ -23,7 +23,6 @@ import io
 import json
 import math
 import os
-import re
 import secrets
 import shutil
 from dataclasses import asdict, dataclass, fields
@@ -32,6 +31,8 @@ from pathlib import Path
 
 import numpy as np
 from PIL import Image
+
+from tireid_core.data.tokenizers import word_tokens
 
 GENERATOR_VERSION = "1.0.0"
 
@@ -680,12 +681,6 @@ PART_ORDERS = [("head", "upper", "lower", "shoes", "bag"), ("upper", "lower", "s
                ("upper", "lower", "bag", "shoes", "head"), ("head", "upper", "bag", "lower", "shoes")]
 MODES = ("long", "short", "long", "terse")  # styles cycle through these sentence forms
 MIN_PIXELS = {"head": 8, "upper": 20, "lower": 20, "shoes": 4, "bag": 10}
-_WORD = re.compile(r"[a-z0-9]+(?:-[a-z0-9]+)*")
-
-
-def tokenize(text: str) -> list[str]:
-    """`processed_tokens` form: lower-cased words, punctuation dropped, hyphenated words kept whole."""
-    return _WORD.findall(text.lower())
 
 
 def _make_styles(p: SimPEDESParams):
@@ -752,7 +747,7 @@ class _Caption:
                 continue
             text += (" " if text else "") + (w[0].upper() + w[1:] if start else w)
             start = False
-            for t in tokenize(w):
+            for t in word_tokens(w):
                 toks.append(t)
                 labels.append(lab)
         return text, toks, labels

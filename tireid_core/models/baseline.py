@@ -13,17 +13,9 @@ import torch.nn as nn
 from tireid_core.distributed import gather_with_grad
 from tireid_core.losses import cmpm_loss, id_loss
 from tireid_core.models.backbones import create_backbone
-from tireid_core.models.text_encoders import create_text_encoder
+from tireid_core.metrics import cosine_similarity
+from tireid_core.models.text_encoders import create_text_encoder, pool_tokens
 from tireid_core.params import ModelParams, TrainParams
-
-
-def pool_tokens(feats: torch.Tensor, mask: torch.Tensor, how: str) -> torch.Tensor:
-    """Max or mean over real tokens only; a row without tokens pools to zeros (never NaN/-inf)."""
-    m = mask.unsqueeze(-1)
-    if how == "max":
-        pooled = feats.masked_fill(~m, float("-inf")).amax(1)
-        return torch.where(mask.any(1, keepdim=True), pooled, torch.zeros_like(pooled))
-    return (feats * m).sum(1) / m.sum(1).clamp(min=1)
 
 
 def build_text_encoder(p: ModelParams, vocab_size: int) -> nn.Module:
@@ -79,7 +71,5 @@ class Baseline(nn.Module):
     @staticmethod
     def similarities(image_feats: torch.Tensor, text_feats: torch.Tensor) -> dict[str, torch.Tensor]:
         """Text-to-image score matrices by name; "final" is what model selection uses."""
-        from tireid_core.metrics import cosine_similarity
-
         s = cosine_similarity(text_feats, image_feats)
         return {"final": s}

@@ -23,7 +23,7 @@ import torch.nn.functional as F
 from tireid_core.losses import compound_ranking_loss, id_loss
 from tireid_core.metrics import cosine_similarity
 from tireid_core.models.backbones import create_backbone
-from tireid_core.models.text_encoders import BiLSTMEncoder
+from tireid_core.models.text_encoders import BiLSTMEncoder, pool_tokens
 from tireid_core.params import SSANRunParams, TrainParams
 
 
@@ -143,14 +143,11 @@ class SSAN(nn.Module):
         if self.s.global_pool_includes_padding:
             pooled = words.amax(1)  # official: the zeros at padded positions take part in the max
         else:
-            pooled = words.masked_fill(~mask.unsqueeze(-1), float("-inf")).amax(1)
-            pooled = torch.where(mask.any(1, keepdim=True), pooled, torch.zeros_like(pooled))
+            pooled = pool_tokens(words, mask, "max")
         out = {"global": self.W_g(pooled)}
         if self.s.part_features:
             gates, local_words = self.word_gates(ids, mask)
-            gated = gates.unsqueeze(-1) * local_words.unsqueeze(2)  # B×L×K×C
-            gated = gated.masked_fill(~mask[:, :, None, None], float("-inf")).amax(1)  # max over valid words
-            gated = torch.where(mask.any(1)[:, None, None], gated, torch.zeros_like(gated))
+            gated = pool_tokens(gates.unsqueeze(-1) * local_words.unsqueeze(2), mask, "max")  # B×K×C
             out["local"], out["relation"] = self._parts_to_relation(self.W_l(gated))
         return out
 
@@ -228,8 +225,9 @@ def gates_for_tokens(model: SSAN, vocab, token_lists: list[list[str]]) -> list[t
     out = []
     for tokens in token_lists:
         kept = [len(vocab.encode_tokens([t])) == 1 for t in tokens]
-        ids = torch.tensor([vocab.encode_tokens(tokens) or [0]])
-        mask = torch.tensor([[True] * len(vocab.encode_tokens(tokens)) or [False]])
+        encoded = vocab.encode_tokens(tokens)
+        ids = torch.tensor([encoded or [0]])
+        mask = torch.tensor([[True] * len(encoded) or [False]])
         gates, _ = model.word_gates(ids.to(model.W_g.weight.device), mask.to(model.W_g.weight.device))
         out.append((gates[0, : int(mask.sum())].cpu(), kept))
     model.train(was_training)

@@ -16,6 +16,18 @@ from torch import nn
 from torch.nn.utils.rnn import pack_padded_sequence, pad_packed_sequence
 
 
+def pool_tokens(feats: torch.Tensor, mask: torch.Tensor, how: str = "max") -> torch.Tensor:
+    """Max or mean over the token axis (dim 1) of real tokens only; a row without tokens pools to zeros.
+
+    `feats` is B×L×… (any trailing shape), `mask` B×L. Shared by every model that pools words.
+    """
+    m = mask.bool().reshape(*mask.shape, *([1] * (feats.dim() - 2)))
+    if how == "max":
+        pooled = feats.masked_fill(~m, float("-inf")).amax(1)
+        return torch.where(m.any(1), pooled, torch.zeros_like(pooled))
+    return (feats * m).sum(1) / m.sum(1).clamp(min=1)
+
+
 class BiLSTMEncoder(nn.Module):
     """Embedding + dropout + one bidirectional LSTM layer over length-packed sequences (SSAN's text branch).
 
