@@ -1,7 +1,9 @@
 """Shared fixtures: a tiny SimPEDES dataset (generated once per session) and tiny run parameters."""
 from pathlib import Path
 
+import huggingface_hub.constants
 import pytest
+import torch
 import yaml
 
 from tireid_core.params import load_run_params
@@ -38,3 +40,35 @@ def tiny_params(tmp_path, tiny_simpedes):
         )
 
     return make
+
+
+@pytest.fixture
+def offline(monkeypatch):
+    """HF_HUB_OFFLINE=1; huggingface_hub reads it at import, so patch its constant too."""
+    monkeypatch.setenv("HF_HUB_OFFLINE", "1")
+    monkeypatch.setattr(huggingface_hub.constants, "HF_HUB_OFFLINE", True)
+
+
+WORDS = "a man woman person wearing black white red blue shirt pants shoes bag hair short long with and in the has".split()
+
+
+@pytest.fixture
+def tiny_bert_dir(tmp_path, offline):
+    """A 2-layer random BERT and a WordPiece tokenizer saved like any Hugging Face model folder."""
+    from transformers import BertConfig, BertModel, BertTokenizerFast
+
+    tokens = ["[PAD]", "[UNK]", "[CLS]", "[SEP]", "[MASK]", ",", "."] + WORDS + [f"##{c}" for c in "abcdefghijklmnopqrstuvwxyz"]
+    config = BertConfig(
+        vocab_size=len(tokens),
+        hidden_size=32,
+        num_hidden_layers=2,
+        num_attention_heads=2,
+        intermediate_size=64,
+        max_position_embeddings=64,
+    )
+    torch.manual_seed(0)
+    model_dir = tmp_path / "tiny-bert"
+    BertModel(config).save_pretrained(model_dir)
+    # transformers 5 takes the vocabulary as a mapping (a vocab_file path silently gives [UNK] for everything)
+    BertTokenizerFast(vocab={t: i for i, t in enumerate(tokens)}, do_lower_case=True).save_pretrained(model_dir)
+    return model_dir

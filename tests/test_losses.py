@@ -65,3 +65,41 @@ def test_id_loss_and_label_matrix():
     assert id_loss(logits, labels).item() == pytest.approx(expected, rel=1e-6)
     y = identity_labels_match(torch.tensor([1, 2, 1]), torch.tensor([1, 3]))
     assert y.tolist() == [[1, 0], [0, 0], [1, 0]]
+
+
+def test_matching_target_l1_and_l2_by_hand():
+    from tireid_core.losses import matching_target
+
+    pids = torch.tensor([3, 3, 7])
+    torch.testing.assert_close(matching_target(pids, pids, "l1"),
+                               torch.tensor([[0.5, 0.5, 0.0], [0.5, 0.5, 0.0], [0.0, 0.0, 1.0]]))
+    r = 2 ** -0.5
+    torch.testing.assert_close(matching_target(pids, pids, "l2"),
+                               torch.tensor([[r, r, 0.0], [r, r, 0.0], [0.0, 0.0, 1.0]]))
+
+
+def test_cmpc_projects_on_the_paired_feature_then_classifies_by_hand():
+    from tireid_core.losses import cmpc_loss
+
+    img = torch.tensor([[3.0, 4.0]])
+    txt = torch.tensor([[1.0, 0.0]])
+    w = torch.tensor([[2.0, 0.0], [0.0, 5.0]])  # columns normalise to e1, e2
+    labels = torch.tensor([0])
+    # image projected on t̂ = e1: (3, 0) -> logits (3, 0); text projected on f̂ = (0.6, 0.8): 0.6·(0.6, 0.8)
+    img_logits = torch.tensor([[3.0, 0.0]])
+    txt_logits = torch.tensor([[0.36, 0.48]])
+    expected = (torch.nn.functional.cross_entropy(img_logits, labels)
+                + torch.nn.functional.cross_entropy(txt_logits, labels))
+    assert cmpc_loss(img, txt, labels, w).item() == pytest.approx(expected.item(), rel=1e-6)
+
+
+def test_local_matching_loss_is_image_to_text_kl_by_hand():
+    from tireid_core.losses import local_matching_loss
+
+    scores = torch.tensor([[0.5, 0.1], [0.2, 0.4]])  # rows: images, columns: texts
+    pids = torch.tensor([0, 1])
+    p = torch.softmax(20 * scores, dim=1)
+    expected = (p * (p.log() - torch.log(torch.eye(2) + 1e-8))).sum(1).mean()
+    assert local_matching_loss(scores, pids).item() == pytest.approx(expected.item(), rel=1e-5)
+    # only the image→text direction: transposing the scores changes the loss
+    assert local_matching_loss(scores.t(), pids).item() != pytest.approx(expected.item(), rel=1e-3)

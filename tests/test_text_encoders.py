@@ -62,6 +62,27 @@ def test_bilstm_dims_and_backward_direction_starts_at_last_word():
     torch.testing.assert_close(padded[0, :3], packed[0], atol=1e-6, rtol=1e-6)
 
 
+def test_bias_free_bilstm_without_packing_equals_the_packed_run():
+    """The bias-free fast path (no packing) must give the packed LSTM's outputs and gradients exactly."""
+    from torch.nn.utils.rnn import pack_padded_sequence, pad_packed_sequence
+
+    torch.manual_seed(0)
+    encoder = BiLSTMEncoder(VOCAB, embed_dim=8, hidden=6, merge="concat")
+    assert encoder.lstm.bias is False
+    ids, mask = _batch([5, 2, 0, 7], total=9)
+    emb = torch.randn(4, 9, 8) * mask.unsqueeze(-1)
+    emb_fast, emb_packed = emb.clone().requires_grad_(), emb.clone().requires_grad_()
+    fast = encoder.forward_embeddings(emb_fast, mask)
+    packed = pack_padded_sequence(emb_packed, mask.sum(1).clamp(min=1), batch_first=True, enforce_sorted=False)
+    ref, _ = pad_packed_sequence(encoder.lstm(packed)[0], batch_first=True, total_length=9)
+    ref = ref * mask.unsqueeze(-1)
+    torch.testing.assert_close(fast, ref, atol=1e-6, rtol=1e-6)
+    weights = torch.randn_like(ref)
+    (fast * weights).sum().backward()
+    (ref * weights).sum().backward()
+    torch.testing.assert_close(emb_fast.grad, emb_packed.grad, atol=1e-6, rtol=1e-6)
+
+
 def test_bilstm_all_empty_batch_and_gradients():
     encoder = BiLSTMEncoder(VOCAB, embed_dim=8, hidden=6)
     ids, mask = _batch([0, 0], total=4)
@@ -88,39 +109,6 @@ def test_registry():
 # ---------------------------------------------------------------------------------------------------------------
 # Hugging Face models, offline
 # ---------------------------------------------------------------------------------------------------------------
-
-
-@pytest.fixture
-def offline(monkeypatch):
-    """HF_HUB_OFFLINE=1; huggingface_hub reads it at import, so patch its constant too."""
-    monkeypatch.setenv("HF_HUB_OFFLINE", "1")
-    monkeypatch.setattr(huggingface_hub.constants, "HF_HUB_OFFLINE", True)
-
-
-WORDS = "a man woman person wearing black white red blue shirt pants shoes bag hair short long with and in the has".split()
-
-
-@pytest.fixture
-def tiny_bert_dir(tmp_path, offline):
-    """A 2-layer random BERT and a WordPiece tokenizer saved like any Hugging Face model folder."""
-    from transformers import BertConfig, BertModel, BertTokenizerFast
-
-    vocab_file = tmp_path / "vocab.txt"
-    specials = ["[PAD]", "[UNK]", "[CLS]", "[SEP]", "[MASK]"]
-    vocab_file.write_text("\n".join(specials + WORDS + [f"##{c}" for c in "abcdefghijklmnopqrstuvwxyz"]) + "\n")
-    config = BertConfig(
-        vocab_size=len(specials) + len(WORDS) + 26,
-        hidden_size=32,
-        num_hidden_layers=2,
-        num_attention_heads=2,
-        intermediate_size=64,
-        max_position_embeddings=64,
-    )
-    torch.manual_seed(0)
-    model_dir = tmp_path / "tiny-bert"
-    BertModel(config).save_pretrained(model_dir)
-    BertTokenizerFast(vocab_file=str(vocab_file), do_lower_case=True).save_pretrained(model_dir)
-    return model_dir
 
 
 def test_bert_loads_local_folder_and_round_trips_weights(tiny_bert_dir):

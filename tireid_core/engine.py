@@ -104,7 +104,12 @@ def build_tokenizer(params: RunParams, train_captions: list[str]):
     if m.text_encoder == "bert":
         return HFTokenizer(m.text_model)
     vocab = WordVocab.build([word_tokens(c) for c in train_captions], min_count=m.word_min_count)
-    return WordTokenizer(vocab)
+    return WordTokenizer(vocab, cls_sep=params.data.cls_sep_tokens)
+
+
+def make_collate(exp: "Experiment") -> CaptionCollate:
+    """The one tokenisation used for training batches and evaluation queries alike."""
+    return CaptionCollate(exp.tokenizer, exp.params.data.max_words, exp.params.data.sub_sentences)
 
 
 def tokenizer_vocab_size(tokenizer) -> int:
@@ -171,10 +176,10 @@ def encode_eval_set(exp: Experiment, evalset: EvalSet, device: torch.device, mod
     for start in tqdm(range(0, len(images), bs), desc=f"{evalset.split} images", leave=False, disable=dist.rank() != 0):
         batch = torch.stack([images[i] for i in range(start, min(start + bs, len(images)))]).to(device)
         img_feats.append(model.encode_images(batch).float().cpu())
-    txt_feats = []
+    txt_feats, collate = [], make_collate(exp)
     for start in tqdm(range(0, len(evalset.captions), bs), desc=f"{evalset.split} texts", leave=False, disable=dist.rank() != 0):
-        ids, mask = exp.tokenizer.encode_batch(evalset.captions[start : start + bs], d.max_words)
-        txt_feats.append(model.encode_texts(ids.to(device), mask.to(device)).float().cpu())
+        text_batch = collate.tokenize(evalset.captions[start : start + bs])
+        txt_feats.append(model.encode_texts(**_move(text_batch, device)).float().cpu())
     model.train(was_training)
     return torch.cat(img_feats), torch.cat(txt_feats)
 
@@ -224,6 +229,11 @@ def lr_lambda(params: RunParams, steps_per_epoch: int) -> Callable[[int], float]
     total = max(tp.epochs * steps_per_epoch, 1)
 
     def factor(step: int) -> float:
+        if tp.schedule == "epoch_multistep":
+            epoch = step // steps_per_epoch
+            if epoch < tp.warmup_epochs:
+                return tp.warmup_factor + (1 - tp.warmup_factor) * epoch / tp.warmup_epochs
+            return tp.gamma ** sum(epoch >= m for m in tp.milestones)
         if step < warm:
             return (step + 1) / warm
         if tp.schedule == "cosine":
@@ -275,8 +285,10 @@ def fit(
     train_module: nn.Module = model
     if distributed:
         train_module = nn.parallel.DistributedDataParallel(model, device_ids=[device.index] if device.type == "cuda" else None)
-    optimizer = torch.optim.Adam(param_groups(model, params), lr=tp.lr, weight_decay=tp.weight_decay)
-    collate = CaptionCollate(exp.tokenizer, params.data.max_words)
+    # A model may group its own parameters (NAFS: per-part learning rates and weight decay, nafs.md §4).
+    groups = model.param_groups(params) if hasattr(model, "param_groups") else param_groups(model, params)
+    optimizer = torch.optim.Adam(groups, lr=tp.lr, weight_decay=tp.weight_decay)
+    collate = make_collate(exp)
     steps_per_epoch = len(random_batches(len(exp.train_set), tp.batch_size, tp.seed, 0))
     if steps_per_epoch == 0:
         raise ValueError(f"train.batch_size={tp.batch_size} is larger than the {len(exp.train_set)} training pairs")

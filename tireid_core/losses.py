@@ -23,6 +23,25 @@ def id_loss(logits: torch.Tensor, labels: torch.Tensor) -> torch.Tensor:
     return F.cross_entropy(logits, labels)
 
 
+def matching_target(pids_rows: torch.Tensor, pids_cols: torch.Tensor, q_norm: str = "l1") -> torch.Tensor:
+    """q_ij = y_ij / ‖y_i‖: the "true matching distribution" of CMPM-style losses over a batch.
+
+    `q_norm="l1"` makes each row a distribution (CMPM paper, Zhang & Lu 2018); `"l2"` divides by the row's L2
+    norm, as NAFS's official code does (nafs.md §3, §7 item 2). Rows without a match stay zero.
+    """
+    if q_norm not in ("l1", "l2"):
+        raise ValueError(f"q_norm must be 'l1' or 'l2', got {q_norm!r}")
+    y = identity_labels_match(pids_rows, pids_cols)
+    norm = y.sum(1, keepdim=True) if q_norm == "l1" else y.norm(dim=1, keepdim=True)
+    return y / norm.clamp(min=1e-12)
+
+
+def matching_kl(logits: torch.Tensor, q: torch.Tensor, eps: float = 1e-8) -> torch.Tensor:
+    """mean_i Σ_j p_ij (log p_ij − log(q_ij + ε)) with p_i = softmax_j(logits_i): KL(p_i ‖ q_i) averaged over rows."""
+    log_p = F.log_softmax(logits, dim=1)
+    return (log_p.exp() * (log_p - torch.log(q + eps))).sum(1).mean()
+
+
 def cmpm_loss(
     image_feats: torch.Tensor,
     text_feats: torch.Tensor,
@@ -34,23 +53,48 @@ def cmpm_loss(
     """Cross-Modal Projection Matching (Zhang & Lu, ECCV 2018), both directions summed.
 
     p_ij = softmax_j(f_i · t̂_j) projects each (unnormalised) image feature on every normalised text
-    feature of the batch; the loss is KL(p_i || q_i) where q_i spreads the mass uniformly over the
-    batch entries of the same identity. `q_norm="l1"` is the CMPM paper's target (a distribution);
-    `"l2"` divides by the row's L2 norm as NAFS's official code does (nafs.md §3).
+    feature of the batch; the loss is KL(p_i || q_i) where q_i spreads the mass over the batch entries
+    of the same identity (`matching_target`, `q_norm` l1 or l2).
     """
-    if q_norm not in ("l1", "l2"):
-        raise ValueError(f"q_norm must be 'l1' or 'l2', got {q_norm!r}")
-    y = identity_labels_match(pids, pids)
-    q = y / (y.sum(1, keepdim=True) if q_norm == "l1" else y.norm(dim=1, keepdim=True))
-    text_unit = F.normalize(text_feats, dim=1)
-    image_unit = F.normalize(image_feats, dim=1)
+    q = matching_target(pids, pids, q_norm)
+    i2t = matching_kl(image_feats @ F.normalize(text_feats, dim=1).t(), q, eps)
+    t2i = matching_kl(text_feats @ F.normalize(image_feats, dim=1).t(), q, eps)
+    return i2t + t2i
 
-    def one_direction(a: torch.Tensor, b_unit: torch.Tensor) -> torch.Tensor:
-        logits = a @ b_unit.t()
-        log_p = F.log_softmax(logits, dim=1)
-        return (log_p.exp() * (log_p - torch.log(q + eps))).sum(1).mean()
 
-    return one_direction(image_feats, text_unit) + one_direction(text_feats, image_unit)
+def cmpc_loss(
+    image_feats: torch.Tensor,
+    text_feats: torch.Tensor,
+    labels: torch.Tensor,
+    class_weights: torch.Tensor,
+) -> torch.Tensor:
+    """Cross-Modal Projection Classification (Zhang & Lu 2018; NAFS nafs.md §3), both modalities summed.
+
+    Each feature is first projected on its paired feature of the other modality, (f_i · t̂_i) t̂_i, then classified
+    by the column-normalised weights Ŵ (d × classes): no bias, no scale, no margin. The projection keeps only the
+    part of the image feature that its caption can "see", so classification also pulls the pair together.
+    """
+    w = F.normalize(class_weights, dim=0)
+    t_unit, f_unit = F.normalize(text_feats, dim=1), F.normalize(image_feats, dim=1)
+    image_proj = (image_feats * t_unit).sum(1, keepdim=True) * t_unit
+    text_proj = (text_feats * f_unit).sum(1, keepdim=True) * f_unit
+    return F.cross_entropy(image_proj @ w, labels) + F.cross_entropy(text_proj @ w, labels)
+
+
+def local_matching_loss(
+    local_scores: torch.Tensor,
+    pids: torch.Tensor,
+    *,
+    temperature: float = 20.0,
+    q_norm: str = "l1",
+    eps: float = 1e-8,
+) -> torch.Tensor:
+    """NAFS's CONT term (nafs.md §3): KL matching on the B × B local scores, image→text only.
+
+    `local_scores[i, j]` = S_loc(image i, text j). p_i = softmax over texts of temperature · S_loc; the target is
+    the CMPM one; mean over images. (The official code has the text→image term commented out; so does this.)
+    """
+    return matching_kl(temperature * local_scores, matching_target(pids, pids, q_norm), eps)
 
 
 # ------------------------------------------------------------------ SSAN compound ranking loss
@@ -162,7 +206,7 @@ def ssan_weak_margins(
 def compound_ranking_loss(
     img: torch.Tensor,
     txt: torch.Tensor,
-    weak_txt: torch.Tensor,
+    weak_txt: torch.Tensor | None,
     pids: torch.Tensor,
     *,
     epoch: int,
@@ -215,16 +259,19 @@ def compound_ranking_loss(
     for name, value in (("weak_neg", weak_neg), ("lambda_mode", lambda_mode), ("reduction", reduction)):
         if value not in _CR_OPTIONS[name]:
             raise ValueError(f"{name} must be one of {_CR_OPTIONS[name]}, got {value!r}")
-    if (img.dim() != 2 or txt.shape != img.shape or weak_txt.shape != img.shape
-            or pids.numel() != img.shape[0]):
+    if weak_txt is None and weak_term:
+        raise ValueError("weak_txt is required when weak_term=True")
+    weak_shape = img.shape if weak_txt is None else weak_txt.shape
+    if img.dim() != 2 or txt.shape != img.shape or weak_shape != img.shape or pids.numel() != img.shape[0]:
         raise ValueError(
             f"expected img, txt, weak_txt of one shape B×D and B pids, got {tuple(img.shape)}, "
-            f"{tuple(txt.shape)}, {tuple(weak_txt.shape)}, {pids.numel()} pids"
+            f"{tuple(txt.shape)}, {tuple(weak_shape)}, {pids.numel()} pids"
         )
     pids = pids.reshape(-1).to(img.device)
     valid = pids[:, None] != pids[None, :]  # symmetric: also the mask of text anchors × image negatives
     if not bool(valid.any()):
-        return (img.sum() + txt.sum() + weak_txt.sum()) * 0.0 + 0.0  # + 0.0: no -0.0
+        weak_sum = weak_txt.sum() if weak_txt is not None else 0.0
+        return (img.sum() + txt.sum() + weak_sum) * 0.0 + 0.0  # + 0.0: no -0.0
 
     def reduce(hinges: list[torch.Tensor]) -> torch.Tensor:
         h = torch.cat(hinges)

@@ -31,7 +31,9 @@ class DataParams:
     hflip: bool = True  # random horizontal flip during training
     normalize: Literal["imagenet", "half"] = "imagenet"  # "half": mean = std = 0.5 per channel (SSAN's code)
     weak_caption: bool = False  # attach a caption of another image of the same identity (SSAN weak positive)
-    max_words: int = 48
+    max_words: int = 48  # tokens per caption, special tokens included
+    cls_sep_tokens: bool = False  # word vocabulary: wrap captions as [CLS] words [SEP] (BERT layout; NAFS demo)
+    sub_sentences: bool = False  # batches carry each token's sub-sentence index (NAFS locality constraint)
     num_workers: int = 0
 
 
@@ -63,8 +65,11 @@ class TrainParams:
     weight_decay: float = 4e-5
     backbone_lr_mult: float = 1.0  # lr multiplier for pretrained encoders
     warmup_epochs: int = 1
-    schedule: Literal["cosine", "step", "constant"] = "cosine"
-    milestones: list[int] = field(default_factory=list)  # for schedule=step
+    # cosine/step: per-iteration linear warm-up then decay. epoch_multistep (NAFS's WarmupMultiStepLR): constant within
+    # an epoch, warm-up from `warmup_factor` over `warmup_epochs`, then gamma at each milestone epoch.
+    schedule: Literal["cosine", "step", "constant", "epoch_multistep"] = "cosine"
+    milestones: list[int] = field(default_factory=list)  # for schedule=step / epoch_multistep
+    warmup_factor: float = 0.01  # for schedule=epoch_multistep
     gamma: float = 0.1
     id_weight: float = 1.0
     cmpm_weight: float = 1.0
@@ -121,8 +126,36 @@ class SSANRunParams(RunParams):
     ssan: SSANParams = field(default_factory=SSANParams)
 
 
+@dataclass
+class NAFSParams:
+    """NAFS switches (nafs.md). Defaults follow the paper where it speaks, else the official code (§7)."""
+
+    scales: Literal["global", "single", "full"] = "full"  # global only; + branch-2 stripes; + branch-3 (staircase)
+    part2: int = 3  # stripes of branch 2 (from layer2); paper Fig. 2 draws 2
+    part3: int = 2  # stripes of branch 3 (from layer3); paper Fig. 2 draws 4
+    shuffle: bool = True  # permute stripes during training (identity at test)
+    n_sep: int = 2  # sub-sentence units per caption
+    locality: Literal["separate_passes", "masked_single_pass", "none"] = "separate_passes"
+    alignment: Literal["cnl", "per_scale"] = "cnl"  # one attention over all scales, or within scale pairs
+    unit_norm: Literal["joint", "per_token"] = "joint"  # text key/value LayerNorm over the whole unit block (code)
+    temperature: float = 20.0  # λ of the CNL softmax over text units
+    leaky_slope: float = 0.1
+    cont_weight: float = 0.1  # λ_cont of the local matching term
+    cont_scale: float = 20.0  # the CONT softmax scale on S_loc
+    cmpm_q_norm: Literal["l1", "l2"] = "l1"  # CMPM paper (l1) or official code (l2), for CMPM and CONT
+    cmpc: bool = True
+    rvn_mode: Literal["off", "intended", "official"] = "intended"
+    rvn_k: int = 5
+    rvn_weight: float = 1.0
+
+
+@dataclass
+class NAFSRunParams(RunParams):
+    nafs: NAFSParams = field(default_factory=NAFSParams)
+
+
 # Which parameter class validates which params.yaml section.
-SECTION_PARAMS: dict[str, type] = {"baseline": RunParams, "ssan": SSANRunParams}
+SECTION_PARAMS: dict[str, type] = {"baseline": RunParams, "ssan": SSANRunParams, "nafs": NAFSRunParams}
 
 
 def _check_value(value: Any, annotation: Any, key: str) -> Any:
@@ -200,6 +233,13 @@ def _check_ranges(obj: Any, key: str) -> None:
                 raise ParamsError(f"{key}.{name}: must be positive, got {getattr(obj, name)!r}")
         if obj.relation and not obj.part_features:
             raise ParamsError(f"{key}.relation: the non-local module needs part_features: true")
+    if isinstance(obj, NAFSParams):
+        for name in ("part2", "part3", "n_sep", "rvn_k"):
+            if getattr(obj, name) <= 0:
+                raise ParamsError(f"{key}.{name}: must be positive, got {getattr(obj, name)!r}")
+        if obj.alignment == "per_scale" and (obj.scales != "full" or obj.locality == "none"):
+            raise ParamsError(f"{key}.alignment: per_scale pairs image scales with text scales and needs "
+                              "scales: full and a locality mode other than none")
     if isinstance(obj, ModelParams) and obj.last_stride not in (1, 2):
         raise ParamsError(f"{key}.last_stride: must be 1 or 2, got {obj.last_stride!r}")
     if isinstance(obj, DataParams) and obj.num_workers < 0:

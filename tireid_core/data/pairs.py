@@ -65,31 +65,41 @@ class ImageDataset(Dataset):
         return self.transform(read_image(self.paths[i]))
 
 
-def _trim(ids: torch.Tensor, mask: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+def _trim(*tensors: torch.Tensor, mask: torch.Tensor) -> tuple[torch.Tensor, ...]:
     """Drop padding columns beyond the batch's longest caption (every model masks padding, so only time changes)."""
     length = max(int(mask.sum(1).max()), 1)
-    return ids[:, :length], mask[:, :length]
+    return tuple(t[:, :length] for t in tensors)
 
 
 @dataclass
 class CaptionCollate:
-    """Stack images and tokenise captions of a batch with the run's tokenizer."""
+    """Stack images and tokenise captions of a batch with the run's tokenizer.
+
+    `sub_sentences=True` adds `pieces`, each token's sub-sentence index (NAFS's locality-constrained text).
+    """
 
     tokenizer: object
     max_words: int
+    sub_sentences: bool = False
+
+    def tokenize(self, captions: list, prefix: str = "") -> dict:
+        """{"ids", "mask"[, "pieces"]} of the captions, trimmed to the longest; the keyword arguments of encode_texts."""
+        if self.sub_sentences:
+            ids, mask, pieces = self.tokenizer.encode_batch_pieces(captions, self.max_words)
+            ids, mask, pieces = _trim(ids, mask, pieces, mask=mask)
+            return {f"{prefix}ids": ids, f"{prefix}mask": mask, f"{prefix}pieces": pieces}
+        ids, mask = self.tokenizer.encode_batch(captions, self.max_words)
+        ids, mask = _trim(ids, mask, mask=mask)
+        return {f"{prefix}ids": ids, f"{prefix}mask": mask}
 
     def __call__(self, items: list[dict]) -> dict:
-        ids, mask = _trim(*self.tokenizer.encode_batch([it["caption"] for it in items], self.max_words))
         batch = {
             "image": torch.stack([it["image"] for it in items]),
-            "ids": ids,
-            "mask": mask,
+            **self.tokenize([it["caption"] for it in items]),
             "label": torch.tensor([it["label"] for it in items]),
             "pid": torch.tensor([it["pid"] for it in items]),
             "index": torch.tensor([it["index"] for it in items]),
         }
         if "weak_caption" in items[0]:
-            batch["weak_ids"], batch["weak_mask"] = _trim(*self.tokenizer.encode_batch(
-                [it["weak_caption"] for it in items], self.max_words
-            ))
+            batch.update(self.tokenize([it["weak_caption"] for it in items], prefix="weak_"))
         return batch

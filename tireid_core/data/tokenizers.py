@@ -19,6 +19,7 @@ import torch
 
 # Lower-case letter/digit runs; hyphens and apostrophes inside a word stay ("t-shirt", "man's").
 _WORD = re.compile(r"[a-z0-9]+(?:['\-][a-z0-9]+)*")
+_WORD_ANY_CASE = re.compile(_WORD.pattern, re.IGNORECASE)  # same words, with positions in the raw caption
 # Sub-sentence boundaries (NAFS splits raw captions on the same character class).
 _SUB_SENTENCE_BREAK = re.compile(r"[,.;!?]+")
 
@@ -48,13 +49,59 @@ def sub_sentence_spans(caption: str) -> list[int]:
     return spans
 
 
+def sub_sentence_of_chars(caption: str, offsets: Sequence[tuple[int, int] | None]) -> list[int]:
+    """Sub-sentence index (as in `sub_sentences`) of tokens given by character spans; -1 for special tokens
+    (span None) and for tokens inside a punctuation run. Works for any tokeniser that reports character offsets."""
+    starts, index = [], 0
+    position = 0
+    for match in list(_SUB_SENTENCE_BREAK.finditer(caption)) + [None]:
+        end = match.start() if match else len(caption)
+        if word_tokens(caption[position:end]):  # pieces without words are not sub-sentences (as in sub_sentences)
+            starts.append((position, end, index))
+            index += 1
+        position = match.end() if match else end
+    out = []
+    for span in offsets:
+        piece = -1
+        if span is not None:
+            for lo, hi, k in starts:
+                if lo <= span[0] < hi:
+                    piece = k
+                    break
+        out.append(piece)
+    return out
+
+
 class Tokenizer:
-    """Interface: `encode(caption) -> list[int]` and `encode_batch(captions, max_len) -> (ids, mask)`."""
+    """Interface: `encode(caption) -> list[int]` and `encode_batch(captions, max_len) -> (ids, mask)`.
+
+    Models with sub-sentence units (NAFS) also use `encode_batch_pieces`, which adds each token's sub-sentence index;
+    it needs `encode_with_offsets` (ids and each token's character span, None for special tokens).
+    """
 
     pad_id: int = 0
 
     def encode(self, caption) -> list[int]:
         raise NotImplementedError
+
+    def encode_with_offsets(self, caption: str) -> tuple[list[int], list[tuple[int, int] | None]]:
+        raise NotImplementedError(f"{type(self).__name__} does not report character offsets")
+
+    def encode_batch_pieces(self, captions: Sequence[str], max_len: int):
+        """(ids, mask, pieces): `pieces` B × max_len holds each token's sub-sentence index, -1 for [CLS]/[SEP],
+        punctuation and padding. Truncation at `max_len` may drop [SEP] (as NAFS's official code does)."""
+        ids = torch.full((len(captions), max_len), self.pad_id, dtype=torch.long)
+        mask = torch.zeros((len(captions), max_len), dtype=torch.bool)
+        pieces = torch.full((len(captions), max_len), -1, dtype=torch.long)
+        for row, caption in enumerate(captions):
+            if not isinstance(caption, str):
+                raise TypeError(f"sub-sentences need raw caption strings, got {type(caption).__name__} at row {row}")
+            tokens, offsets = self.encode_with_offsets(caption)
+            tokens, offsets = tokens[:max_len], offsets[:max_len]
+            ids[row, : len(tokens)] = torch.tensor(tokens, dtype=torch.long)
+            mask[row, : len(tokens)] = True
+            pieces[row, : len(tokens)] = torch.tensor(sub_sentence_of_chars(caption, offsets), dtype=torch.long)
+        return ids, mask, pieces
 
     def encode_batch(self, captions: Sequence, max_len: int) -> tuple[torch.Tensor, torch.Tensor]:
         ids = torch.full((len(captions), max_len), self.pad_id, dtype=torch.long)
@@ -114,17 +161,34 @@ class WordTokenizer(Tokenizer):
     """Captions -> word indices through a `WordVocab`.
 
     A caption is a raw string (split with `word_tokens`) or an already tokenised list such as `processed_tokens`.
+    With `cls_sep=True` every caption becomes [CLS] words [SEP] like BERT's input, the two ids following the
+    vocabulary (`cls_id`, `sep_id`), so a small transformer can stand in for BERT with the same unit layout (NAFS demo).
     """
 
     pad_id = 0
 
-    def __init__(self, vocab: WordVocab):
+    def __init__(self, vocab: WordVocab, cls_sep: bool = False):
         self.vocab = vocab
-        self.vocab_size = vocab.num_embeddings
+        self.cls_sep = cls_sep
+        self.cls_id = vocab.num_embeddings if cls_sep else None
+        self.sep_id = vocab.num_embeddings + 1 if cls_sep else None
+        self.vocab_size = vocab.num_embeddings + (2 if cls_sep else 0)
 
     def encode(self, caption: str | Sequence[str]) -> list[int]:
         tokens = word_tokens(caption) if isinstance(caption, str) else caption
-        return self.vocab.encode_tokens(tokens)
+        ids = self.vocab.encode_tokens(tokens)
+        return [self.cls_id, *ids, self.sep_id] if self.cls_sep else ids
+
+    def encode_with_offsets(self, caption: str) -> tuple[list[int], list[tuple[int, int] | None]]:
+        ids, offsets = [], []
+        for match in _WORD_ANY_CASE.finditer(caption):
+            encoded = self.vocab.encode_tokens([match.group()])  # out-of-vocabulary words are deleted (or UNK)
+            if encoded:
+                ids.append(encoded[0])
+                offsets.append(match.span())
+        if self.cls_sep:
+            return [self.cls_id, *ids, self.sep_id], [None, *offsets, None]
+        return ids, offsets
 
 
 class HFTokenizer(Tokenizer):
@@ -143,10 +207,18 @@ class HFTokenizer(Tokenizer):
 
             raise RuntimeError(hf_offline_help(name_or_path, "tokenizer") + f"\n({err})") from err
         self.pad_id = self.tokenizer.pad_token_id
+        self.cls_id = self.tokenizer.cls_token_id
+        self.sep_id = self.tokenizer.sep_token_id
         self.vocab_size = len(self.tokenizer)
 
     def encode(self, caption: str) -> list[int]:
         return self.tokenizer(caption)["input_ids"]
+
+    def encode_with_offsets(self, caption: str) -> tuple[list[int], list[tuple[int, int] | None]]:
+        out = self.tokenizer(caption, return_offsets_mapping=True)
+        special = set(self.tokenizer.all_special_ids)
+        offsets = [None if i in special else tuple(span) for i, span in zip(out["input_ids"], out["offset_mapping"])]
+        return out["input_ids"], offsets
 
     def encode_batch(self, captions: Sequence[str], max_len: int) -> tuple[torch.Tensor, torch.Tensor]:
         out = self.tokenizer(

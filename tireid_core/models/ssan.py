@@ -182,7 +182,8 @@ class SSAN(nn.Module):
         s = self.s
         img = self.image_features(batch["image"])
         txt = self.text_features(batch["ids"], batch["mask"])
-        weak = self.text_features(batch["weak_ids"], batch["weak_mask"])
+        # The weak captions only enter the compound term: the plain-ranking rows skip encoding them.
+        weak = self.text_features(batch["weak_ids"], batch["weak_mask"]) if s.weak_term else None
         labels, epoch = batch["label"], batch["epoch"]
         branches = [("global", 1.0, self.id_global)]
         if s.part_features:
@@ -195,7 +196,7 @@ class SSAN(nn.Module):
             terms["id"] = terms["id"] + weight * (self._id_loss(img, labels, name, heads) +
                                                   self._id_loss(txt, labels, name, heads))
             terms["cr"] = terms["cr"] + weight * compound_ranking_loss(
-                img[name].flatten(1), txt[name].flatten(1), weak[name].flatten(1), labels, epoch=epoch,
+                img[name].flatten(1), txt[name].flatten(1), weak[name].flatten(1) if weak else None, labels, epoch=epoch,
                 alpha1=s.alpha1, beta=s.beta, alpha2_start_epoch=s.alpha2_start_epoch, weak_term=s.weak_term,
                 weak_gate=s.weak_gate, weak_neg=s.weak_neg, lambda_mode=s.lambda_mode, reduction=s.cr_reduction,
             )

@@ -65,13 +65,18 @@ class BiLSTMEncoder(nn.Module):
         Separate from `forward` because SSAN runs one shared LSTM over two embedding tables (global and local).
         """
         mask = mask.bool()
-        length = mask.shape[1]
-        lengths = mask.sum(dim=1)
-        packed = pack_padded_sequence(
-            embeddings, lengths.clamp(min=1).cpu(), batch_first=True, enforce_sorted=False
-        )
-        out, _ = self.lstm(packed)
-        out, _ = pad_packed_sequence(out, batch_first=True, total_length=length)  # B x L x 2*hidden
+        if self.lstm.bias:
+            length = mask.shape[1]
+            packed = pack_padded_sequence(
+                embeddings, mask.sum(dim=1).clamp(min=1).cpu(), batch_first=True, enforce_sorted=False
+            )
+            out, _ = self.lstm(packed)
+            out, _ = pad_packed_sequence(out, batch_first=True, total_length=length)  # B x L x 2*hidden
+        else:
+            # Without biases an LSTM fed zeros keeps a zero state (all gates 0.5, candidate 0), so the backward
+            # direction passes the trailing padding unchanged: the same result as packing, and faster on the CPU
+            # (the packed backward pass re-materialises the whole input at every time step).
+            out, _ = self.lstm(embeddings * mask.unsqueeze(-1).to(embeddings.dtype))
         forward_out, backward_out = out.chunk(2, dim=-1)
         if self.merge == "mean":
             out = (forward_out + backward_out) / 2
@@ -111,16 +116,26 @@ class TransformerTextEncoder(nn.Module):
         with torch.no_grad():
             self.embed.weight[0].zero_()
 
-    def forward(self, ids: torch.Tensor, mask: torch.Tensor) -> torch.Tensor:
+    def forward(self, ids: torch.Tensor, mask: torch.Tensor, attention: torch.Tensor | None = None,
+                positions: torch.Tensor | None = None) -> torch.Tensor:
+        """`attention` (optional, B × L × L bool): which keys each query may see, for block-structured attention
+        (NAFS's single pass with sub-sentence [CLS] tokens); every row needs one True. `positions` (B × L) replaces
+        0..L-1 as position ids."""
         mask = mask.bool()
         length = ids.shape[1]
-        if length > self.max_len:
-            raise ValueError(f"sequence length {length} exceeds max_len {self.max_len}; tokenise with max_len <= {self.max_len}")
-        positions = torch.arange(length, device=ids.device)
+        if positions is None:
+            if length > self.max_len:
+                raise ValueError(f"sequence length {length} exceeds max_len {self.max_len}; tokenise with max_len <= {self.max_len}")
+            positions = torch.arange(length, device=ids.device)
         x = self.dropout(self.embed(ids) + self.pos(positions))
-        attend = mask.clone()
-        attend[:, 0] |= ~mask.any(dim=1)  # empty rows: one valid key so attention stays finite
-        x = self.norm(self.encoder(x, src_key_padding_mask=~attend))
+        if attention is not None:
+            blocked = ~attention.bool().repeat_interleave(self.encoder.layers[0].self_attn.num_heads, dim=0)
+            x = self.encoder(x, mask=blocked)
+        else:
+            attend = mask.clone()
+            attend[:, 0] |= ~mask.any(dim=1)  # empty rows: one valid key so attention stays finite
+            x = self.encoder(x, src_key_padding_mask=~attend)
+        x = self.norm(x)
         return x * mask.unsqueeze(-1).to(x.dtype)
 
 
@@ -173,8 +188,17 @@ class BertTextEncoder(nn.Module):
         self.config = self.model.config
         self.out_dim = self.config.hidden_size
 
-    def forward(self, ids: torch.Tensor, mask: torch.Tensor) -> torch.Tensor:
-        return self.model(input_ids=ids, attention_mask=mask.long()).last_hidden_state
+    def forward(self, ids: torch.Tensor, mask: torch.Tensor, attention: torch.Tensor | None = None,
+                positions: torch.Tensor | None = None) -> torch.Tensor:
+        """`attention` (B × L × L, optional) is passed to BERT as a per-query attention mask; `positions` as
+        position ids (see TransformerTextEncoder)."""
+        if attention is None:
+            attention_mask = mask.long()
+        else:  # a prepared 4-D additive mask (B × 1 × L × L) is used as is by every attention implementation
+            dtype = next(self.model.parameters()).dtype
+            blocked = torch.zeros(attention.shape, dtype=dtype, device=ids.device)
+            attention_mask = blocked.masked_fill(~attention.bool(), torch.finfo(dtype).min)[:, None]
+        return self.model(input_ids=ids, attention_mask=attention_mask, position_ids=positions).last_hidden_state
 
 
 _TEXT_ENCODERS = {"bilstm": BiLSTMEncoder, "transformer": TransformerTextEncoder, "bert": BertTextEncoder}

@@ -1,0 +1,268 @@
+"""NAFS model: staircase stripes and shuffling, sub-sentence units (both locality forms), shapes, switches, losses."""
+from pathlib import Path
+
+import pytest
+import torch
+import torch.nn as nn
+
+from tireid_core.data.tokenizers import HFTokenizer, WordTokenizer, WordVocab
+from tireid_core.engine import lr_lambda
+from tireid_core.models.nafs import (
+    NAFS,
+    Staircase,
+    cnl_attention,
+    piece_sequences,
+    shuffled_stripes,
+    single_pass_inputs,
+    stripe_sizes,
+)
+from tireid_core.models.backbones import create_backbone
+from tireid_core.models.nafs_scoring import cnl_scores_loop
+from tireid_core.models.text_encoders import TransformerTextEncoder
+from tireid_core.params import ParamsError, load_run_params
+
+REPO = Path(__file__).resolve().parent.parent
+VOCAB = WordVocab("a man woman in red blue shirt black shoes bag with long hair".split())
+TOKENIZER = WordTokenizer(VOCAB, cls_sep=True)
+CAPTIONS = ["A man in a red shirt, black shoes.", "A woman with long hair; a blue bag", "man", "zzz unknown"]
+
+
+def make(*sets, classes=5):
+    params = load_run_params("nafs", params_file=REPO / "params.yaml", profile="tiny", sets=list(sets))
+    torch.manual_seed(0)
+    return NAFS(params, TOKENIZER.vocab_size, classes, TOKENIZER.cls_id, TOKENIZER.sep_id), params
+
+
+def batch(b=4):
+    ids, mask, pieces = TOKENIZER.encode_batch_pieces(CAPTIONS[:b], 16)
+    g = torch.Generator().manual_seed(1)
+    return {"image": torch.randn(b, 3, 48, 16, generator=g), "ids": ids, "mask": mask, "pieces": pieces,
+            "label": torch.tensor([0, 0, 1, 2][:b]), "epoch": 0}
+
+
+# ------------------------------------------------------------------------------------------------ image side
+
+
+def test_stripe_sizes_give_the_remainder_to_the_last_stripe():
+    assert stripe_sizes(48, 3) == [16, 16, 16]
+    assert stripe_sizes(16, 3) == [5, 5, 6]
+    with pytest.raises(ValueError, match="2 rows into 3 stripes"):
+        stripe_sizes(2, 3)
+
+
+def test_shuffling_is_undone_and_only_matters_through_borders():
+    x = torch.arange(2 * 1 * 6 * 2, dtype=torch.float).reshape(2, 1, 6, 2)
+    for perm in ([0, 1, 2], [2, 0, 1], [1, 2, 0]):
+        out = shuffled_stripes(x, 3, nn.Identity(), torch.tensor(perm))
+        torch.testing.assert_close(torch.cat(out, 2), x)  # identity layers: the stripes come back in order
+    torch.manual_seed(0)
+    pointwise = nn.Conv2d(1, 3, 1)
+    conv3 = nn.Conv2d(1, 3, 3, padding=1)
+    reference = shuffled_stripes(x, 3, conv3, torch.tensor([0, 1, 2]))
+    torch.testing.assert_close(torch.cat(reference, 2), conv3(x))  # no shuffle = the plain run
+    shuffled = shuffled_stripes(x, 3, conv3, torch.tensor([2, 0, 1]))
+    assert not torch.allclose(torch.cat(shuffled, 2), conv3(x))  # 3×3 kernels see the shuffled neighbours
+    # a 1×1 convolution sees no neighbours, so the permutation changes nothing
+    torch.testing.assert_close(torch.cat(shuffled_stripes(x, 3, pointwise, torch.tensor([2, 0, 1])), 2), pointwise(x))
+    # stride 2 halves every stripe; the inverse permutation still restores the order
+    strided = nn.Conv2d(1, 1, 1, stride=2)
+    out = shuffled_stripes(x, 3, strided, torch.tensor([1, 2, 0]))
+    assert [o.shape[2] for o in out] == [1, 1, 1]
+    torch.testing.assert_close(torch.cat(out, 2), strided(x))
+
+
+def test_staircase_map_sizes_match_the_demo_spec():
+    """nafs.md §10: 48×16 demo input → layer2 24×8 (3 stripes of 8 rows), layer3 12×4 (2 stripes of 6 rows)."""
+    torch.manual_seed(0)
+    backbone = create_backbone("resnet_small", last_stride=1, widths=(8, 8, 16, 16))
+    net = Staircase(backbone, "full", 3, 2, shuffle=True).eval()
+    x = torch.randn(2, 3, 48, 16)
+    maps = backbone(x)
+    assert maps["layer2"].shape[2:] == (24, 8) and maps["layer3"].shape[2:] == (12, 4)
+    g, stripes = net(x)
+    assert g.shape == (2, 16) and stripes.shape == (2, 5, 16)
+    # branch copies start from the backbone's weights
+    for a, b in zip(net.branch2[0].parameters(), backbone.layer3.parameters()):
+        assert torch.equal(a, b) and a is not b
+    # test time: identity permutation, deterministic; training: a fresh permutation per step
+    torch.testing.assert_close(net(x)[1], stripes)
+    net.train()
+    torch.manual_seed(3)
+    perms = [net._perm(3, "cpu").tolist() for _ in range(20)]
+    assert len({tuple(p) for p in perms}) > 1
+    assert Staircase(backbone, "single", 3, 2, True).n_stripes == 3 and Staircase(backbone, "global", 3, 2, True).n_stripes == 0
+
+
+# ------------------------------------------------------------------------------------------------ text side
+
+
+def test_tokenizer_pieces_follow_the_sub_sentences():
+    ids, mask, pieces = TOKENIZER.encode_batch_pieces(CAPTIONS, 12)
+    # "A man in a red shirt, black shoes." -> [CLS] a man in a red shirt | black shoes [SEP]
+    assert ids[0, :10].tolist() == [TOKENIZER.cls_id, 1, 2, 4, 1, 5, 7, 8, 9, TOKENIZER.sep_id]
+    assert pieces[0, :10].tolist() == [-1, 0, 0, 0, 0, 0, 0, 1, 1, -1]
+    assert pieces[2, :3].tolist() == [-1, 0, -1]
+    assert pieces[3, :2].tolist() == [-1, -1] and mask[3].sum() == 2  # every word out of vocabulary
+    assert (pieces[~mask] == -1).all()
+
+
+def test_hf_tokenizer_pieces_from_character_offsets(tiny_bert_dir):
+    tok = HFTokenizer(str(tiny_bert_dir))
+    ids, mask, pieces = tok.encode_batch_pieces(["A man, red shirt. long hair"], 16)
+    n = int(mask.sum())
+    words = tok.tokenizer.convert_ids_to_tokens(ids[0, :n].tolist())
+    assert words == ["[CLS]", "a", "man", ",", "red", "shirt", ".", "long", "hair", "[SEP]"]
+    assert pieces[0, :n].tolist() == [-1, 0, 0, -1, 1, 1, -1, 2, 2, -1]
+
+
+def test_piece_sequences_by_hand():
+    cls, sep = 90, 91
+    ids = torch.tensor([[cls, 5, 6, 7, 8, sep], [cls, 9, sep, 0, 0, 0]])
+    pieces = torch.tensor([[-1, 0, 0, 1, 1, -1], [-1, 0, -1, -1, -1, -1]])
+    seq, mask, present = piece_sequences(ids, pieces, 2, cls, sep)
+    # rows: piece 0 of each caption, then piece 1 of each caption
+    assert seq[mask[:, :seq.shape[1]]].tolist() == [cls, 5, 6, sep, cls, 9, sep, cls, 7, 8, sep, cls, sep]
+    assert present.tolist() == [True, True, True, False]
+    assert (seq[~mask] == 0).all()
+
+
+def test_masked_single_pass_keeps_locality_and_word_features():
+    torch.manual_seed(0)
+    enc = TransformerTextEncoder(TOKENIZER.vocab_size, dim=16, layers=2, heads=2, max_len=20, dropout=0.0).eval()
+    ids, mask, pieces = TOKENIZER.encode_batch_pieces(CAPTIONS[:2], 12)
+    ext = single_pass_inputs(ids, mask, pieces, 2, TOKENIZER.cls_id)
+    assert ext[0].shape == (2, 14) and ext[2].shape == (2, 14, 14)
+    with torch.no_grad():
+        out = enc(ext[0], ext[1], attention=ext[2], positions=ext[3])
+        plain = enc(ids, mask)
+    # caption tokens never see the extra [CLS] tokens: word features equal a plain pass
+    torch.testing.assert_close(out[:, :12][mask], plain[mask], atol=1e-5, rtol=1e-5)
+    # an extra [CLS] reads only its own sub-sentence: with one layer, changing a word of sub-sentence 1 leaves
+    # sub-sentence 0's feature alone (deeper layers pass context in through the words themselves)
+    enc = TransformerTextEncoder(TOKENIZER.vocab_size, dim=16, layers=1, heads=2, max_len=20, dropout=0.0).eval()
+    with torch.no_grad():
+        out = enc(ext[0], ext[1], attention=ext[2], positions=ext[3])
+    changed = ids.clone()
+    changed[0, 7] = 3  # "black" -> "blue" (piece 1 of caption 0)
+    ext2 = single_pass_inputs(changed, mask, pieces, 2, TOKENIZER.cls_id)
+    with torch.no_grad():
+        out2 = enc(ext2[0], ext2[1], attention=ext2[2], positions=ext2[3])
+    torch.testing.assert_close(out2[0, 12], out[0, 12])
+    assert not torch.allclose(out2[0, 13], out[0, 13])
+
+
+# ------------------------------------------------------------------------------------------------ model
+
+
+@pytest.mark.parametrize("sets", [
+    [],
+    ["nafs.nafs.locality=masked_single_pass"],
+    ["nafs.nafs.alignment=per_scale"],
+    ["nafs.nafs.scales=single", "nafs.nafs.locality=none"],
+    ["nafs.nafs.unit_norm=per_token", "nafs.nafs.cmpm_q_norm=l2", "nafs.nafs.rvn_mode=official"],
+], ids=["full", "masked_single_pass", "per_scale", "single_no_locality", "flags"])
+def test_forward_similarities_and_batch_of_one(sets):
+    model, p = make(*sets)
+    b = batch()
+    terms = model(b, p.train)
+    assert {"cmpm", "cmpc", "cont", "loss"} <= set(terms) and torch.isfinite(terms["loss"])
+    terms["loss"].backward()
+    assert model.image_net.backbone.stem.conv1.weight.grad is not None
+    model.eval()
+    with torch.no_grad():
+        img, txt = model.encode_images(b["image"]), model.encode_texts(b["ids"], b["mask"], b["pieces"])
+        sims = model.similarities(img, txt)
+        assert set(sims) == {"final", "global", "local", "rvn"}
+        assert sims["final"].shape == (4, 4)
+        torch.testing.assert_close(sims["final"], sims["global"] + sims["local"])
+        # flattened features give the same local scores as the feature dicts
+        direct = model.local_scores(model.text_features(b["ids"], b["mask"], b["pieces"]), model.image_features(b["image"]))
+        torch.testing.assert_close(sims["local"], direct)
+    model.train()
+    one = {k: (v[:1] if torch.is_tensor(v) else v) for k, v in b.items()}
+    assert torch.isfinite(model(one, p.train)["loss"])  # the official code crashes on a batch of one
+
+
+def test_global_only_has_no_local_units_and_no_cont_term():
+    model, p = make("nafs.nafs.scales=global", "nafs.nafs.locality=none")
+    terms = model(batch(), p.train)
+    assert "cont" not in terms and not hasattr(model, "image_query")
+    model.eval()
+    with torch.no_grad():
+        sims = model.similarities(model.encode_images(batch()["image"]), model.encode_texts(batch()["ids"], batch()["mask"]))
+    assert set(sims) == {"final", "rvn"}
+
+
+def test_local_score_is_the_cnl_of_the_spec():
+    """S_loc of the model = the literal six-step loop on its own units (nafs.md §2.3)."""
+    model, _ = make()
+    model.eval()
+    b = batch()
+    with torch.no_grad():
+        img, txt = model.image_features(b["image"]), model.text_features(b["ids"], b["mask"], b["pieces"])
+        ref = cnl_scores_loop(txt["key"], txt["unit_mask"], img["query"], text_values=txt["value"],
+                              image_values=img["value"])
+        torch.testing.assert_close(model.local_scores(txt, img), ref, atol=1e-5, rtol=1e-5)
+        # unit layout: [global, 2 sub-sentences, words]; caption 2 ("man") has one sub-sentence and one word
+        assert txt["unit_mask"][2, :5].tolist() == [True, True, False, True, False]
+        att = cnl_attention(model, model.encode_texts(b["ids"][:1], b["mask"][:1], b["pieces"][:1]),
+                            model.encode_images(b["image"][:1]))
+    assert att.shape == (6, model.n_units)
+    torch.testing.assert_close(att.sum(1), torch.ones(6))
+    assert (att[:, ~txt["unit_mask"][0]] == 0).all()
+
+
+def test_optimizer_groups_follow_the_recipe():
+    model, p = make("nafs.train.backbone_lr_mult=0.1", "nafs.train.weight_decay=0.00004")
+    heads, image, text = model.param_groups(p)
+    assert heads["weight_decay"] == 0 and text["weight_decay"] == 0 and image["weight_decay"] == 4e-5
+    assert image["lr"] == pytest.approx(p.train.lr * 0.1) and heads["lr"] == p.train.lr
+    n = sum(len(g["params"]) for g in (heads, image, text))
+    assert n == sum(1 for q in model.parameters() if q.requires_grad)
+    assert any(q is model.class_weights for q in heads["params"])
+    assert not model.image_bn.bias.requires_grad  # BN neck bias frozen at zero
+
+
+def test_epoch_multistep_schedule_matches_the_official_multipliers():
+    p = load_run_params("nafs", params_file=REPO / "params.yaml", profile="paper")
+    factor = lr_lambda(p, steps_per_epoch=3)
+    per_epoch = [factor(3 * e + 1) for e in range(60)]
+    assert per_epoch[0] == pytest.approx(0.01) and per_epoch[9] == pytest.approx(0.01 + 0.099 * 9)
+    assert per_epoch[10:20] == [1.0] * 10
+    assert per_epoch[20] == pytest.approx(0.1) and per_epoch[25] == pytest.approx(0.01)
+    assert per_epoch[59] == pytest.approx(0.001)
+
+
+def test_params_reject_inconsistent_switches():
+    with pytest.raises(ParamsError, match="nafs.nafs.alignment"):
+        load_run_params("nafs", params_file=REPO / "params.yaml", sets=["nafs.nafs.alignment=per_scale",
+                                                                           "nafs.nafs.scales=single"])
+    with pytest.raises(ParamsError, match="nafs.nafs.locality"):
+        load_run_params("nafs", params_file=REPO / "params.yaml", sets=["nafs.nafs.locality=window"])
+    params = load_run_params("nafs", params_file=REPO / "params.yaml", sets=["nafs.model.feature_dim=64"])
+    with pytest.raises(ValueError, match="feature_dim"):
+        NAFS(params, 30, 5, 28, 29)
+
+
+def test_bert_text_branch_both_locality_forms(tiny_bert_dir):
+    tok = HFTokenizer(str(tiny_bert_dir))
+    for locality in ("separate_passes", "masked_single_pass"):
+        params = load_run_params("nafs", params_file=REPO / "params.yaml", profile="tiny", sets=[
+            "nafs.model.text_encoder=bert", f"nafs.model.text_model={tiny_bert_dir}", "nafs.model.feature_dim=32",
+            f"nafs.nafs.locality={locality}"])
+        torch.manual_seed(0)
+        model = NAFS(params, tok.vocab_size, 5, tok.cls_id, tok.sep_id)
+        ids, mask, pieces = tok.encode_batch_pieces(["A man, red shirt. long hair", "a woman with a bag"], 16)
+        b = {"image": torch.randn(2, 3, 48, 16), "ids": ids, "mask": mask, "pieces": pieces,
+             "label": torch.tensor([0, 1]), "epoch": 0}
+        terms = model(b, params.train)
+        assert torch.isfinite(terms["loss"])
+        txt = model.text_features(ids, mask, pieces)
+        assert txt["unit_mask"][0, :3].tolist() == [True, True, True] and txt["unit_mask"][1, :3].tolist() == [True, True, False]
+        if locality == "masked_single_pass":  # the 4-D mask reaches BERT: caption tokens ignore the extra [CLS]
+            enc = model.text_encoder.eval()
+            ext = single_pass_inputs(ids, mask, pieces, 2, tok.cls_id)
+            with torch.no_grad():
+                out = enc(ext[0], ext[1], attention=ext[2], positions=ext[3])
+                plain = enc(ids, mask)
+            torch.testing.assert_close(out[:, :16][mask], plain[mask], atol=1e-5, rtol=1e-5)

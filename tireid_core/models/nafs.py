@@ -1,0 +1,383 @@
+"""NAFS — contextual non-local alignment over full-scale representations (Gao et al., 2021), top to bottom.
+
+Spec: ../shared/specs/nafs.md. Both modalities become one *set of units* spanning several scales:
+- image (§2.1): a staircase ResNet — the global branch, a branch that cuts layer2's map into `part2` stripes, shuffles
+  them, runs its own layer3/layer4 copies and un-shuffles, and a branch doing the same with `part3` stripes of the
+  global branch's layer3 map through its own layer4 copy. Units: [global, part2 stripes, part3 stripes];
+- text (§2.2): the [CLS] output (projected, the global feature t), one [CLS] feature per sub-sentence (locality:
+  separate encoder passes per sub-sentence, as the code; or one pass with block attention, as Fig. 2), and every word;
+- contextual non-local attention (§2.3, `nafs_scoring.cnl_scores`): every image unit attends over all text units of
+  all scales at once; S_loc = mean over image units of cos(value, attended text).
+Loss (§3): CMPM + CMPC on the global pair + 0.1 · CONT (KL matching on the batch's S_loc). Test score (§5):
+S_glob + S_loc, then re-ranking by visual neighbours (RVN) reported as its own row.
+
+Ablation switches: `nafs.scales` (global / single / full), `nafs.locality` (none = no sub-sentence units) and
+`nafs.alignment` (per_scale: global↔global, coarse stripes↔sub-sentences, fine stripes↔words, each its own attention).
+"""
+from __future__ import annotations
+
+import copy
+
+import torch
+import torch.nn as nn
+import torch.nn.functional as F
+
+from tireid_core.losses import cmpc_loss, cmpm_loss, local_matching_loss
+from tireid_core.metrics import cosine_similarity
+from tireid_core.models.backbones import Backbone, create_backbone
+from tireid_core.models.nafs_scoring import cnl_scores, rvn_rerank, visual_similarity
+from tireid_core.models.text_encoders import create_text_encoder
+from tireid_core.params import NAFSRunParams, TrainParams
+
+
+# ---------------------------------------------------------------------------------------------------- image side
+
+
+def stripe_sizes(rows: int, parts: int) -> list[int]:
+    """Rows per horizontal stripe: equal stripes, the last takes the remainder (nafs.md §2.1)."""
+    if rows < parts:
+        raise ValueError(f"cannot cut a feature map of {rows} rows into {parts} stripes")
+    base = rows // parts
+    return [base] * (parts - 1) + [rows - base * (parts - 1)]
+
+
+def shuffled_stripes(x: torch.Tensor, parts: int, layers: nn.Module, perm: torch.Tensor) -> list[torch.Tensor]:
+    """Cut x into stripes, stack them in `perm` order, run `layers`, cut the output and undo the permutation.
+
+    Convolutions see the borders between *shuffled* neighbours, so during training no stripe can lean on the content
+    that really lies above or below it. Returns the output stripes in the original top-to-bottom order.
+    """
+    sizes = stripe_sizes(x.shape[2], parts)
+    stripes = torch.split(x, sizes, dim=2)
+    y = layers(torch.cat([stripes[i] for i in perm.tolist()], dim=2))
+    if (y.shape[2] * sizes[0]) % x.shape[2] or any((s * y.shape[2]) % x.shape[2] for s in sizes):
+        raise ValueError(f"stripes of {sizes} rows do not map onto whole rows of the {y.shape[2]}-row output")
+    out_sizes = [s * y.shape[2] // x.shape[2] for s in sizes]
+    out = torch.split(y, [out_sizes[i] for i in perm.tolist()], dim=2)
+    inverse = torch.argsort(perm)
+    return [out[i] for i in inverse.tolist()]
+
+
+class Staircase(nn.Module):
+    """SfeNet (nafs.md §2.1) built from one backbone; branch copies start from the backbone's (pretrained) weights."""
+
+    def __init__(self, backbone: Backbone, scales: str, part2: int, part3: int, shuffle: bool):
+        super().__init__()
+        self.backbone = backbone  # stem, layer1, layer2 shared; layer3 + layer4 are the global branch
+        self.scales, self.part2, self.part3, self.shuffle = scales, part2, part3, shuffle
+        if scales in ("single", "full"):
+            self.branch2 = nn.Sequential(copy.deepcopy(backbone.layer3), copy.deepcopy(backbone.layer4))
+        if scales == "full":
+            self.branch3 = copy.deepcopy(backbone.layer4)
+
+    @property
+    def n_stripes(self) -> int:
+        return {"global": 0, "single": self.part2, "full": self.part2 + self.part3}[self.scales]
+
+    def _perm(self, parts: int, device) -> torch.Tensor:
+        """A fresh permutation per training step, shared by the batch; the identity at test time."""
+        if self.training and self.shuffle:
+            return torch.randperm(parts).to(device)
+        return torch.arange(parts, device=device)
+
+    def forward(self, images: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+        """(global B×C, stripes B×S×C), average-pooled; S = part2 (+ part3), top to bottom per branch."""
+        b = self.backbone
+        x2 = b.layer2(b.layer1(b.stem(images)))
+        x3 = b.layer3(x2)
+        global_feat = b.layer4(x3).mean((2, 3))
+        stripes = []
+        if self.scales in ("single", "full"):
+            stripes += shuffled_stripes(x2, self.part2, self.branch2, self._perm(self.part2, images.device))
+        if self.scales == "full":
+            stripes += shuffled_stripes(x3, self.part3, self.branch3, self._perm(self.part3, images.device))
+        pooled = [s.mean((2, 3)) for s in stripes]
+        return global_feat, torch.stack(pooled, 1) if pooled else global_feat.new_zeros(len(images), 0, global_feat.shape[1])
+
+
+class NeckBN(nn.BatchNorm1d):
+    """BatchNorm1d with its bias frozen at zero (BNNeck style, nafs.md §2.1); a training batch of one uses the
+    running statistics instead of failing (the official code crashes there, §7 item 11)."""
+
+    def __init__(self, dim: int):
+        super().__init__(dim)
+        self.bias.requires_grad_(False)
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        return F.batch_norm(x, self.running_mean, self.running_var, self.weight, self.bias,
+                            training=self.training and x.shape[0] > 1, momentum=self.momentum, eps=self.eps)
+
+
+# ---------------------------------------------------------------------------------------------------- text side
+
+
+def piece_sequences(ids: torch.Tensor, pieces: torch.Tensor, n_sep: int, cls_id: int, sep_id: int):
+    """The sub-sentences as their own sequences "[CLS] piece [SEP]" (2·B... stacked as n_sep·B rows, piece-major).
+
+    Tokens of piece k are taken from the full caption's tokenisation (the same wordpieces as tokenising the piece
+    alone, since word-level tokenisers never join across punctuation). Returns ids, mask and `present` (n_sep·B),
+    False where a caption has fewer than k + 1 sub-sentences.
+    """
+    b, length = ids.shape
+    rows, masks, present = [], [], []
+    position = torch.arange(length, device=ids.device).expand(b, -1)
+    for k in range(n_sep):
+        chosen = pieces == k
+        count = chosen.sum(1)
+        order = torch.argsort(torch.where(chosen, position, position + length), dim=1, stable=True)
+        words = ids.gather(1, order)  # chosen tokens first, in caption order
+        seq = torch.zeros(b, length + 2, dtype=ids.dtype, device=ids.device)
+        seq[:, 0] = cls_id
+        seq[:, 1:length + 1] = torch.where(position < count[:, None], words, torch.zeros_like(words))
+        seq.scatter_(1, (count + 1)[:, None], sep_id)
+        rows.append(seq)
+        masks.append(torch.arange(length + 2, device=ids.device)[None] < (count + 2)[:, None])
+        present.append(count > 0)
+    seq, mask = torch.cat(rows), torch.cat(masks)
+    width = int(mask.sum(1).max())  # drop padding columns shared by all rows
+    return seq[:, :width], mask[:, :width], torch.cat(present)
+
+
+def single_pass_inputs(ids: torch.Tensor, mask: torch.Tensor, pieces: torch.Tensor, n_sep: int, cls_id: int):
+    """Fig. 2's locality constraint in one pass: n_sep extra [CLS] tokens appended after the (padded) caption.
+
+    Extra token k sees itself and the tokens of sub-sentence k only; the caption's tokens see the caption (never the
+    extra tokens, so word features equal a plain pass); padding sees itself. Only what the extra token *reads* is
+    local: from the second layer on, the words it reads already carry context from the whole caption, so the
+    separate passes of the official code (the default) are the strictly local form. The extras take position 0, like the
+    caption's own [CLS] (the paper gives no position scheme; this is the project's choice). Returns ids, mask (real
+    tokens incl. extras of present pieces), attention (B × L' × L'), positions.
+    """
+    b, length = ids.shape
+    total = length + n_sep
+    ext_ids = torch.cat([ids, torch.full((b, n_sep), cls_id, dtype=ids.dtype, device=ids.device)], 1)
+    present = torch.stack([(pieces == k).any(1) for k in range(n_sep)], 1)
+    ext_mask = torch.cat([mask, present], 1)
+    attention = torch.zeros(b, total, total, dtype=torch.bool, device=ids.device)
+    attention[:, :length, :length] = mask[:, None, :] & mask[:, :, None]
+    for k in range(n_sep):
+        attention[:, length + k, :length] = pieces == k
+    attention |= torch.eye(total, dtype=torch.bool, device=ids.device)  # every row keeps one key
+    positions = torch.cat([torch.arange(length, device=ids.device).expand(b, -1),
+                           torch.zeros(b, n_sep, dtype=torch.long, device=ids.device)], 1)
+    return ext_ids, ext_mask, attention, positions
+
+
+# ---------------------------------------------------------------------------------------------------- the model
+
+
+class NAFS(nn.Module):
+    def __init__(self, params: NAFSRunParams, vocab_size: int, num_classes: int, cls_id: int, sep_id: int):
+        """`cls_id`/`sep_id`: the tokenizer's [CLS] and [SEP] (sub-sentence sequences are built from them)."""
+        super().__init__()
+        m, n = params.model, params.nafs
+        self.n = n
+        self.cls_id, self.sep_id = int(cls_id), int(sep_id)
+        self.max_words = params.data.max_words
+        if n.locality != "none" and not params.data.sub_sentences:
+            raise ValueError("nafs.data.sub_sentences must be true when nafs.nafs.locality is not 'none'")
+        if m.text_encoder not in ("transformer", "bert"):
+            raise ValueError(f"nafs.model.text_encoder: NAFS uses BERT or the small transformer, got {m.text_encoder!r}")
+        widths = tuple(m.backbone_widths) if m.backbone_widths else None
+        backbone = create_backbone(m.image_backbone, pretrained=m.pretrained, last_stride=m.last_stride, widths=widths)
+        self.image_net = Staircase(backbone, n.scales, n.part2, n.part3, n.shuffle)
+        if m.text_encoder == "bert":
+            self.text_encoder = create_text_encoder("bert", name_or_path=m.text_model, pretrained=m.text_pretrained)
+        else:
+            self.text_encoder = create_text_encoder("transformer", vocab_size=vocab_size, dim=m.text_hidden,
+                                                    layers=m.text_layers, heads=m.text_heads,
+                                                    max_len=params.data.max_words, dropout=m.text_dropout)
+        d = self.text_encoder.out_dim
+        if m.feature_dim != d:
+            raise ValueError(f"nafs.model.feature_dim ({m.feature_dim}) must equal the text encoder's hidden size ({d}): "
+                             "raw text outputs and the projected global features share one unit set (nafs.md §2.2)")
+        channels = backbone.channels["layer4"]
+        self.dim = d
+        # Global heads: 1×1 conv (a linear map on the pooled vector) + BN neck, for image and text.
+        self.image_global = nn.Linear(channels, d)
+        self.image_bn = NeckBN(d)
+        self.text_global = nn.Linear(d, d)
+        self.text_bn = NeckBN(d)
+        self.class_weights = nn.Parameter(torch.empty(d, num_classes))  # CMPC's W, columns normalised in the loss
+        nn.init.xavier_uniform_(self.class_weights)
+        self.local = n.scales != "global"
+        if self.local:
+            stripes = self.image_net.n_stripes
+            self.stripe_embed = nn.ModuleList(nn.Linear(channels, d) for _ in range(stripes))
+            self.image_query = nn.ModuleList(nn.Linear(d, d) for _ in range(stripes + 1))  # [global, stripes]
+            self.image_value = nn.ModuleList(nn.Linear(d, d) for _ in range(stripes + 1))
+            self.n_sub = n.n_sep if n.locality != "none" else 0
+            self.n_units = 1 + self.n_sub + (self.max_words - 1)  # [global, sub-sentences, words at positions 1..]
+            self.text_key = nn.Linear(d, d)
+            self.text_value = nn.Linear(d, d)
+            shape = (self.n_units, d) if n.unit_norm == "joint" else (d,)
+            self.key_norm, self.value_norm = nn.LayerNorm(shape), nn.LayerNorm(shape)
+
+    # ------------------------------------------------------------------ optimiser groups (nafs.md §4)
+    def param_groups(self, params) -> list[dict]:
+        """Heads and W at the base lr without weight decay; the image network at lr·backbone_lr_mult with weight
+        decay; the text encoder at lr·backbone_lr_mult without weight decay."""
+        tp = params.train
+        image = list(self.image_net.parameters())
+        text = list(self.text_encoder.parameters())
+        taken = {id(p) for p in image + text}
+        heads = [p for p in self.parameters() if id(p) not in taken and p.requires_grad]
+        slow = tp.lr * tp.backbone_lr_mult
+        return [{"params": heads, "lr": tp.lr, "weight_decay": 0.0},
+                {"params": image, "lr": slow, "weight_decay": tp.weight_decay},
+                {"params": text, "lr": slow, "weight_decay": 0.0}]
+
+    # ------------------------------------------------------------------ features
+    def image_features(self, images: torch.Tensor) -> dict[str, torch.Tensor]:
+        global_feat, stripes = self.image_net(images)
+        f = self.image_bn(self.image_global(global_feat))
+        out = {"global": f}
+        if self.local:
+            embedded = [f] + [head(stripes[:, k]) for k, head in enumerate(self.stripe_embed)]
+            out["query"] = torch.stack([q(x) for q, x in zip(self.image_query, embedded)], 1)  # B×R×d
+            out["value"] = torch.stack([v(x) for v, x in zip(self.image_value, embedded)], 1)
+        return out
+
+    def text_features(self, ids: torch.Tensor, mask: torch.Tensor, pieces: torch.Tensor | None = None):
+        mask = mask.bool()
+        b, length = ids.shape
+        n = self.n
+        if self.local and n.locality == "masked_single_pass":
+            ext = single_pass_inputs(ids, mask, pieces, n.n_sep, self.cls_id)
+            hidden_all = self.text_encoder(ext[0], ext[1], attention=ext[2], positions=ext[3])
+            hidden, subs = hidden_all[:, :length], hidden_all[:, length:]
+            sub_valid = ext[1][:, length:]
+        else:
+            hidden = self.text_encoder(ids, mask)
+            if self.local and n.locality == "separate_passes":
+                seq, seq_mask, present = piece_sequences(ids, pieces, n.n_sep, self.cls_id, self.sep_id)
+                subs = self.text_encoder(seq, seq_mask)[:, 0].view(n.n_sep, b, -1).transpose(0, 1)  # B×n_sep×d
+                sub_valid = present.view(n.n_sep, b).t()
+        t = self.text_bn(self.text_global(hidden[:, 0]))
+        out = {"global": t}
+        if self.local:
+            words = hidden[:, 1:]
+            word_valid = mask[:, 1:] & (ids[:, 1:] != self.sep_id)  # valid wordpieces only (nafs.md §7 item 4)
+            units = [t[:, None]]
+            valid = [torch.ones(b, 1, dtype=torch.bool, device=ids.device)]
+            if self.n_sub:
+                units.append(subs)
+                valid.append(sub_valid)
+            units.append(words)
+            valid.append(word_valid)
+            units, valid = torch.cat(units, 1), torch.cat(valid, 1)
+            pad = self.n_units - units.shape[1]  # a fixed block, so the joint LayerNorm never depends on the batch
+            units = F.pad(units * valid[..., None], (0, 0, 0, pad))
+            valid = F.pad(valid, (0, pad))
+            out["key"] = self.key_norm(self.text_key(units))
+            out["value"] = self.value_norm(self.text_value(units))
+            out["unit_mask"] = valid
+        return out
+
+    # ------------------------------------------------------------------ scores
+    def unit_groups(self) -> list[tuple[slice, torch.Tensor | None]]:
+        """Per-scale alignment: (image unit slice, text unit selector) pairs; one group over everything for CNL."""
+        if self.n.alignment == "cnl":
+            return [(slice(None), None)]
+        p2 = self.n.part2
+        text_scale = torch.zeros(self.n_units, dtype=torch.long)
+        text_scale[1:1 + self.n_sub] = 1
+        text_scale[1 + self.n_sub:] = 2
+        return [(slice(0, 1), text_scale == 0),                   # global ↔ global
+                (slice(1 + p2, None), text_scale == 1),           # coarse stripes (branch 3) ↔ sub-sentences
+                (slice(1, 1 + p2), text_scale == 2)]              # fine stripes (branch 2) ↔ words
+
+    def local_scores(self, txt: dict, img: dict) -> torch.Tensor:
+        """S_loc, texts × images (nafs.md §2.3); per-scale alignment averages the groups weighted by image units."""
+        n, r = self.n, img["query"].shape[1]
+        total = 0.0
+        for image_units, text_units in self.unit_groups():
+            keys, values, valid = txt["key"], txt["value"], txt["unit_mask"]
+            if text_units is not None:
+                text_units = text_units.to(keys.device)
+                keys, values, valid = keys[:, text_units], values[:, text_units], valid[:, text_units]
+                valid = valid.clone()
+                valid[:, 0] |= ~valid.any(1)  # a caption without units of this scale: one (zero) unit stands in
+            q, v = img["query"][:, image_units], img["value"][:, image_units]
+            score = cnl_scores(keys, valid, q, text_values=values, image_values=v,
+                               temperature=n.temperature, leaky_slope=n.leaky_slope)
+            total = total + score * (q.shape[1] / r)
+        return total
+
+    # ------------------------------------------------------------------ engine interface
+    def encode_images(self, images: torch.Tensor) -> torch.Tensor:
+        """[f | queries (R·d) | values (R·d)]; `similarities` splits it again."""
+        img = self.image_features(images)
+        if not self.local:
+            return img["global"]
+        return torch.cat([img["global"], img["query"].flatten(1), img["value"].flatten(1)], 1)
+
+    def encode_texts(self, ids: torch.Tensor, mask: torch.Tensor, pieces: torch.Tensor | None = None) -> torch.Tensor:
+        """[t | keys (U·d) | values (U·d) | unit mask (U)]."""
+        txt = self.text_features(ids, mask, pieces)
+        if not self.local:
+            return txt["global"]
+        return torch.cat([txt["global"], txt["key"].flatten(1), txt["value"].flatten(1), txt["unit_mask"].float()], 1)
+
+    def split_image(self, feats: torch.Tensor) -> dict[str, torch.Tensor]:
+        d = self.dim
+        out = {"global": feats[:, :d]}
+        if self.local:
+            r = self.image_net.n_stripes + 1
+            out["query"] = feats[:, d:d + r * d].reshape(-1, r, d)
+            out["value"] = feats[:, d + r * d:].reshape(-1, r, d)
+        return out
+
+    def split_text(self, feats: torch.Tensor) -> dict[str, torch.Tensor]:
+        d, u = self.dim, getattr(self, "n_units", 0)
+        out = {"global": feats[:, :d]}
+        if self.local:
+            out["key"] = feats[:, d:d + u * d].reshape(-1, u, d)
+            out["value"] = feats[:, d + u * d:d + 2 * u * d].reshape(-1, u, d)
+            out["unit_mask"] = feats[:, d + 2 * u * d:] > 0.5
+        return out
+
+    def similarities(self, image_feats: torch.Tensor, text_feats: torch.Tensor) -> dict[str, torch.Tensor]:
+        """"final" = S_glob + S_loc (nafs.md §5), then "global", "local" alone and "rvn" = final re-ranked."""
+        img, txt = self.split_image(image_feats), self.split_text(text_feats)
+        s_glob = cosine_similarity(txt["global"], img["global"])
+        out = {"final": s_glob}
+        if self.local:
+            s_loc = self.local_scores(txt, img)
+            out = {"final": s_glob + s_loc, "global": s_glob, "local": s_loc}
+        if self.n.rvn_mode != "off":
+            out["rvn"] = rvn_rerank(out["final"], visual_similarity(img["global"]), k=self.n.rvn_k,
+                                    weight=self.n.rvn_weight, mode=self.n.rvn_mode)
+        return out
+
+    # ------------------------------------------------------------------ training
+    def forward(self, batch: dict, tp: TrainParams) -> dict[str, torch.Tensor]:
+        n = self.n
+        img = self.image_features(batch["image"])
+        txt = self.text_features(batch["ids"], batch["mask"], batch.get("pieces"))
+        labels = batch["label"]
+        terms = {"cmpm": cmpm_loss(img["global"], txt["global"], labels, q_norm=n.cmpm_q_norm)}
+        if n.cmpc:
+            terms["cmpc"] = cmpc_loss(img["global"], txt["global"], labels, self.class_weights)
+        if self.local and n.cont_weight:
+            s_loc = self.local_scores(txt, img)  # texts × images
+            terms["cont"] = local_matching_loss(s_loc.t(), labels, temperature=n.cont_scale, q_norm=n.cmpm_q_norm)
+        terms["loss"] = terms["cmpm"] + terms.get("cmpc", 0.0) + n.cont_weight * terms.get("cont", 0.0)
+        return terms
+
+
+# ---------------------------------------------------------------------------------------------------- analysis
+
+
+@torch.no_grad()
+def cnl_attention(model: NAFS, text_feats: torch.Tensor, image_feats: torch.Tensor) -> torch.Tensor:
+    """The CNL weights a_rw (R × U, zero on masked units) of one text (1 × ·) and one image (1 × ·) features:
+    which text units each image unit attends to (the paper's Fig. 4). Steps 1–4 of nafs.md §2.3."""
+    img, txt = model.split_image(image_feats), model.split_text(text_feats)
+    keys = F.normalize(txt["key"][0], dim=-1, eps=1e-8)
+    valid = txt["unit_mask"][0]
+    q = F.normalize(img["query"][0], dim=-1, eps=1e-8)
+    s = F.leaky_relu(q @ keys.T, model.n.leaky_slope)
+    s = s / (s.square().sum(0, keepdim=True).sqrt() + 1e-8)
+    s = (model.n.temperature * s).masked_fill(~valid, float("-inf"))
+    return torch.softmax(s, dim=1)
