@@ -33,6 +33,16 @@ def _train_ssan_rows(tmp_path, root):
         fit(build_experiment(params, model_builder("ssan")))
 
 
+def _train_nafs_rows(tmp_path, root):
+    """What the nafs and nafs_ablation stages produce, on the tiny profile."""
+    rows = load_section("nafs_ablation", params_file=REPO / "params.yaml")
+    for key, switches in [*rows.items(), ("full", {})]:
+        sets = [f"nafs.out_dir={tmp_path / 'nafs' / key}", f"nafs.data.root={root}",
+                *(f"nafs.nafs.{k}={v}" for k, v in switches.items())]
+        params = load_run_params("nafs", params_file=REPO / "params.yaml", profile="tiny", sets=sets)
+        fit(build_experiment(params, model_builder("nafs")))
+
+
 @pytest.mark.slow
 @pytest.mark.parametrize("name", NOTEBOOKS)
 def test_notebook_runs_on_tiny_profile(name, tmp_path, tiny_simpedes):
@@ -42,16 +52,20 @@ def test_notebook_runs_on_tiny_profile(name, tmp_path, tiny_simpedes):
         f"baseline.data.root={tiny_simpedes}",
         f"ssan.out_dir={tmp_path / 'ssan' / 'full'}",
         f"ssan.data.root={tiny_simpedes}",
+        f"nafs.out_dir={tmp_path / 'nafs' / 'full'}",
+        f"nafs.data.root={tiny_simpedes}",
     ]
     if name == "ssan_analysis":
         _train_ssan_rows(tmp_path, tiny_simpedes)
+    if name == "nafs_analysis":
+        _train_nafs_rows(tmp_path, tiny_simpedes)
     out = execute_notebook(name, profile="tiny", sets=sets, params_file=REPO / "params.yaml", out_dir=tmp_path / "nb")
     nb = nbformat.read(out, as_version=4)
     errors = [o for c in nb.cells if c.cell_type == "code" for o in c.outputs if o.output_type == "error"]
     assert not errors
     assert (tmp_path / "nb" / f"{name}.html").exists()
-    if name in ("baseline", "ssan"):
-        run = tmp_path / name if name == "baseline" else tmp_path / "ssan" / "full"
+    if name in ("baseline", "ssan", "nafs"):
+        run = tmp_path / name if name == "baseline" else tmp_path / name / "full"
         metrics = json.loads((run / "metrics.json").read_text())
         assert 0 <= metrics["best"]["test"]["R@1"] <= 100
         assert (run / "figures" / "retrieval.png").exists()
@@ -59,3 +73,8 @@ def test_notebook_runs_on_tiny_profile(name, tmp_path, tiny_simpedes):
         analysis = json.loads((tmp_path / "ssan" / "analysis" / "analysis.json").read_text())
         assert set(analysis) == {"intra_class_ratio", "word_part_agreement", "word_part_chance"}
         assert (tmp_path / "ssan" / "analysis" / "tsne_text_intra_class.png").exists()
+    if name == "nafs_analysis":
+        analysis = json.loads((tmp_path / "nafs" / "analysis" / "analysis.json").read_text())
+        assert set(analysis) == {"rvn_r1_by_k", "official_rvn_shuffled_order_r1", "word_region_agreement"}
+        assert set(analysis["word_region_agreement"]) == {"branch_2", "branch_3"}
+        assert (tmp_path / "nafs" / "analysis" / "word_region_attention.png").exists()

@@ -144,6 +144,10 @@ class NAFSParams:
     cont_scale: float = 20.0  # the CONT softmax scale on S_loc
     cmpm_q_norm: Literal["l1", "l2"] = "l1"  # CMPM paper (l1) or official code (l2), for CMPM and CONT
     cmpc: bool = True
+    # Not in NAFS: an ID loss on the global features (classifier shared by both modalities). The paper starts from
+    # ImageNet/BERT weights; from random init CMPM + CMPC sit at the uniform-prediction plateau, so the CPU demo uses
+    # this as its stand-in for pretrained features. 0 = the paper's loss.
+    id_weight: float = 0.0
     rvn_mode: Literal["off", "intended", "official"] = "intended"
     rvn_k: int = 5
     rvn_weight: float = 1.0

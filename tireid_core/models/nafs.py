@@ -22,7 +22,7 @@ import torch
 import torch.nn as nn
 import torch.nn.functional as F
 
-from tireid_core.losses import cmpc_loss, cmpm_loss, local_matching_loss
+from tireid_core.losses import cmpc_loss, cmpm_loss, id_loss, local_matching_loss
 from tireid_core.metrics import cosine_similarity
 from tireid_core.models.backbones import Backbone, create_backbone
 from tireid_core.models.nafs_scoring import cnl_scores, rvn_rerank, visual_similarity
@@ -200,6 +200,8 @@ class NAFS(nn.Module):
         self.text_bn = NeckBN(d)
         self.class_weights = nn.Parameter(torch.empty(d, num_classes))  # CMPC's W, columns normalised in the loss
         nn.init.xavier_uniform_(self.class_weights)
+        if n.id_weight:
+            self.id_head = nn.Linear(d, num_classes)  # demo stand-in for pretrained features (NAFSParams.id_weight)
         self.local = n.scales != "global"
         if self.local:
             stripes = self.image_net.n_stripes
@@ -359,10 +361,13 @@ class NAFS(nn.Module):
         terms = {"cmpm": cmpm_loss(img["global"], txt["global"], labels, q_norm=n.cmpm_q_norm)}
         if n.cmpc:
             terms["cmpc"] = cmpc_loss(img["global"], txt["global"], labels, self.class_weights)
+        if n.id_weight:
+            terms["id"] = id_loss(self.id_head(img["global"]), labels) + id_loss(self.id_head(txt["global"]), labels)
         if self.local and n.cont_weight:
             s_loc = self.local_scores(txt, img)  # texts × images
             terms["cont"] = local_matching_loss(s_loc.t(), labels, temperature=n.cont_scale, q_norm=n.cmpm_q_norm)
-        terms["loss"] = terms["cmpm"] + terms.get("cmpc", 0.0) + n.cont_weight * terms.get("cont", 0.0)
+        terms["loss"] = (terms["cmpm"] + terms.get("cmpc", 0.0) + n.cont_weight * terms.get("cont", 0.0)
+                         + n.id_weight * terms.get("id", 0.0))
         return terms
 
 
