@@ -266,3 +266,15 @@ def test_bert_text_branch_both_locality_forms(tiny_bert_dir):
                 out = enc(ext[0], ext[1], attention=ext[2], positions=ext[3])
                 plain = enc(ids, mask)
             torch.testing.assert_close(out[:, :16][mask], plain[mask], atol=1e-5, rtol=1e-5)
+
+
+def test_collate_carries_pieces_trimmed_with_the_ids():
+    from tireid_core.data.pairs import CaptionCollate
+
+    collate = CaptionCollate(TOKENIZER, 40, sub_sentences=True)
+    out = collate.tokenize(CAPTIONS)
+    assert out["ids"].shape == out["mask"].shape == out["pieces"].shape == (4, 10)  # longest caption: [CLS] + 8 words + [SEP]
+    ids, mask, pieces = TOKENIZER.encode_batch_pieces(CAPTIONS, 40)
+    assert torch.equal(out["pieces"], pieces[:, :10]) and torch.equal(out["ids"], ids[:, :10])
+    plain = CaptionCollate(TOKENIZER, 40).tokenize(CAPTIONS)
+    assert set(plain) == {"ids", "mask"}
