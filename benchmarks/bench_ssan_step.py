@@ -9,13 +9,15 @@ vocabulary 5,000, captions of 60 words, ID + compound ranking loss, Adam. Prints
 from __future__ import annotations
 
 import argparse
-import resource
-import time
+import sys
+from pathlib import Path
 
 import torch
 
-from tireid_core.models.ssan import SSAN
-from tireid_core.params import load_run_params
+sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
+from benchmarks.steptime import report, seconds_per_step, train_step  # noqa: E402
+from tireid_core.models.ssan import SSAN  # noqa: E402
+from tireid_core.params import load_run_params  # noqa: E402
 
 
 def main() -> None:
@@ -43,31 +45,14 @@ def main() -> None:
             "weak_mask": torch.ones(b, L, dtype=torch.bool),
             "label": torch.arange(b) % max(b // 2, 1),
         }
-        batch = {k: v.to(device) for k, v in batch.items()}
         batch["epoch"] = 10
-        with torch.autocast(device.type, enabled=device.type == "cuda"):
-            loss = model(batch, params.train)["loss"]
-        opt.zero_grad(set_to_none=True)
-        loss.backward()
-        opt.step()
+        train_step(model, opt, batch, params.train, device)
 
-    step()  # warm-up
-    if device.type == "cuda":
-        torch.cuda.synchronize()
-        torch.cuda.reset_peak_memory_stats()
-    start = time.perf_counter()
-    for _ in range(args.steps):
-        step()
-    if device.type == "cuda":
-        torch.cuda.synchronize()
-    elapsed = (time.perf_counter() - start) / args.steps
+    elapsed = seconds_per_step(step, args.steps, device)
     print(f"SSAN paper configuration: {n_params / 1e6:.1f} M parameters (incl. ID heads for 11,000 classes)")
     print(f"device {device}, batch {b} captions (+{b} images, +{b} weak captions), {L} words, torch threads "
           f"{torch.get_num_threads()}")
-    print(f"training step: {elapsed:.2f} s  →  {b / elapsed:.2f} samples/s")
-    if device.type == "cuda":
-        print(f"peak GPU memory: {torch.cuda.max_memory_allocated() / 2**30:.2f} GiB")
-    print(f"peak process RSS: {resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 2**20:.2f} GiB")
+    report(elapsed, b, device)
 
 
 if __name__ == "__main__":

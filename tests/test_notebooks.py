@@ -23,24 +23,14 @@ def test_notebooks_are_committed_without_outputs_and_have_parameters():
         assert sum("parameters" in c.metadata.get("tags", []) for c in code) == 1, f"{name}: one parameters cell"
 
 
-def _train_ssan_rows(tmp_path, root):
-    """What the ssan and ssan_ablation stages produce, on the tiny profile."""
-    rows = load_section("ssan_ablation", params_file=REPO / "params.yaml")
+def _train_rows(method: str, tmp_path, root):
+    """What the <method> and <method>_ablation stages produce, on the tiny profile."""
+    rows = load_section(f"{method}_ablation", params_file=REPO / "params.yaml")
     for key, switches in [*rows.items(), ("full", {})]:
-        sets = [f"ssan.out_dir={tmp_path / 'ssan' / key}", f"ssan.data.root={root}",
-                *(f"ssan.ssan.{k}={str(v).lower()}" for k, v in switches.items())]
-        params = load_run_params("ssan", params_file=REPO / "params.yaml", profile="tiny", sets=sets)
-        fit(build_experiment(params, model_builder("ssan")))
-
-
-def _train_nafs_rows(tmp_path, root):
-    """What the nafs and nafs_ablation stages produce, on the tiny profile."""
-    rows = load_section("nafs_ablation", params_file=REPO / "params.yaml")
-    for key, switches in [*rows.items(), ("full", {})]:
-        sets = [f"nafs.out_dir={tmp_path / 'nafs' / key}", f"nafs.data.root={root}",
-                *(f"nafs.nafs.{k}={v}" for k, v in switches.items())]
-        params = load_run_params("nafs", params_file=REPO / "params.yaml", profile="tiny", sets=sets)
-        fit(build_experiment(params, model_builder("nafs")))
+        sets = [f"{method}.out_dir={tmp_path / method / key}", f"{method}.data.root={root}",
+                *(f"{method}.{method}.{k}={str(v).lower()}" for k, v in switches.items())]
+        params = load_run_params(method, params_file=REPO / "params.yaml", profile="tiny", sets=sets)
+        fit(build_experiment(params, model_builder(method)))
 
 
 @pytest.mark.slow
@@ -55,10 +45,8 @@ def test_notebook_runs_on_tiny_profile(name, tmp_path, tiny_simpedes):
         f"nafs.out_dir={tmp_path / 'nafs' / 'full'}",
         f"nafs.data.root={tiny_simpedes}",
     ]
-    if name == "ssan_analysis":
-        _train_ssan_rows(tmp_path, tiny_simpedes)
-    if name == "nafs_analysis":
-        _train_nafs_rows(tmp_path, tiny_simpedes)
+    if name.endswith("_analysis"):
+        _train_rows(name.removesuffix("_analysis"), tmp_path, tiny_simpedes)
     out = execute_notebook(name, profile="tiny", sets=sets, params_file=REPO / "params.yaml", out_dir=tmp_path / "nb")
     nb = nbformat.read(out, as_version=4)
     errors = [o for c in nb.cells if c.cell_type == "code" for o in c.outputs if o.output_type == "error"]
