@@ -73,6 +73,7 @@ def cmpc_loss(
     Each feature is first projected on its paired feature of the other modality, (f_i · t̂_i) t̂_i, then classified
     by the column-normalised weights Ŵ (d × classes): no bias, no scale, no margin. The projection keeps only the
     part of the image feature that its caption can "see", so classification also pulls the pair together.
+    The official code renormalises W in place after each step; here the normalisation sits inside the loss.
     """
     w = F.normalize(class_weights, dim=0)
     t_unit, f_unit = F.normalize(text_feats, dim=1), F.normalize(image_feats, dim=1)
@@ -223,7 +224,7 @@ def compound_ranking_loss(
     """SSAN's Compound Ranking (CR) loss (Ding et al. 2021; ssan.md §3.2, quirks §7 items 3–7).
 
     img, txt, weak_txt: B×D features of the images I_i, their own captions D_i and their weak captions
-    D′_i (a caption of another image of the same identity); pids: B labels. Features are L2-normalised
+    D′_i (a caption of another image of the same identity; None with weak_term=False); pids: B labels. Features are L2-normalised
     (eps 1e-8) into S = cos(I, D) and S′ = cos(I, D′). Returns strong + β·weak.
 
     Paper: L = [α1 − S(I,D) + S(I,D_n)]₊ + [α1 − S(I,D) + S(I_n,D)]₊ + β[α2 − S(I,D′) + S(I,D_n)]₊

@@ -112,7 +112,7 @@ class NeckBN(nn.BatchNorm1d):
 
 
 def piece_sequences(ids: torch.Tensor, pieces: torch.Tensor, n_sep: int, cls_id: int, sep_id: int):
-    """The sub-sentences as their own sequences "[CLS] piece [SEP]" (2·B... stacked as n_sep·B rows, piece-major).
+    """The sub-sentences as their own sequences "[CLS] piece [SEP]", n_sep·B rows (all captions' piece 0, then piece 1…).
 
     Tokens of piece k are taken from the full caption's tokenisation (the same wordpieces as tokenising the piece
     alone, since word-level tokenisers never join across punctuation). Returns ids, mask and `present` (n_sep·B),
