@@ -112,10 +112,6 @@ def make_collate(exp: "Experiment") -> CaptionCollate:
     return CaptionCollate(exp.tokenizer, exp.params.data.max_words, exp.params.data.sub_sentences)
 
 
-def tokenizer_vocab_size(tokenizer) -> int:
-    return tokenizer.vocab_size if isinstance(tokenizer, WordTokenizer) else 0
-
-
 @dataclass
 class Experiment:
     """Everything a notebook needs after building a run: data, tokenizer and the model."""
@@ -131,7 +127,7 @@ class Experiment:
     run_dir: Path
 
 
-def build_experiment(params: RunParams, build_model: Callable[[RunParams, int, int], nn.Module]) -> Experiment:
+def build_experiment(params: RunParams, build_model: Callable[[RunParams, object, int], nn.Module]) -> Experiment:
     """Load the dataset, build the tokenizer and the model; seeds first so init is reproducible."""
     seed_everything(params.train.seed)
     dataset = load_text_image_dataset(params.data.dataset, Path(params.data.root))
@@ -147,7 +143,7 @@ def build_experiment(params: RunParams, build_model: Callable[[RunParams, int, i
     )
     has_val = any(e.split == "val" for e in dataset.images)
     tokenizer = build_tokenizer(params, [p.caption for p in train_pairs])
-    model = build_model(params, tokenizer_vocab_size(tokenizer), len(label_of_pid))
+    model = build_model(params, tokenizer, len(label_of_pid))
     return Experiment(
         params=params,
         dataset=dataset,

@@ -43,10 +43,7 @@ def sub_sentence_spans(caption: str) -> list[int]:
     Punctuation never appears inside a word token, so the tokens of the pieces are exactly the caption's tokens.
     Example: "A man, black shoes." -> tokens [a, man, black, shoes] -> [0, 0, 1, 1].
     """
-    spans = []
-    for index, piece in enumerate(sub_sentences(caption)):
-        spans += [index] * len(word_tokens(piece))
-    return spans
+    return sub_sentence_of_chars(caption, [m.span() for m in _WORD_ANY_CASE.finditer(caption)])
 
 
 def sub_sentence_of_chars(caption: str, offsets: Sequence[tuple[int, int] | None]) -> list[int]:

@@ -25,7 +25,7 @@ import torch.nn.functional as F
 from tireid_core.losses import cmpc_loss, cmpm_loss, id_loss, local_matching_loss
 from tireid_core.metrics import cosine_similarity
 from tireid_core.models.backbones import Backbone, create_backbone
-from tireid_core.models.nafs_scoring import cnl_scores, rvn_rerank, visual_similarity
+from tireid_core.models.nafs_scoring import cnl_scores, cnl_weights, l2_normalize, rvn_rerank, visual_similarity
 from tireid_core.models.text_encoders import create_text_encoder
 from tireid_core.params import NAFSRunParams, TrainParams
 
@@ -377,12 +377,11 @@ class NAFS(nn.Module):
 @torch.no_grad()
 def cnl_attention(model: NAFS, text_feats: torch.Tensor, image_feats: torch.Tensor) -> torch.Tensor:
     """The CNL weights a_rw (R × U, zero on masked units) of one text (1 × ·) and one image (1 × ·) features:
-    which text units each image unit attends to (the paper's Fig. 4). Steps 1–4 of nafs.md §2.3."""
+    which text units each image unit attends to (the paper's Fig. 4)."""
     img, txt = model.split_image(image_feats), model.split_text(text_feats)
-    keys = F.normalize(txt["key"][0], dim=-1, eps=1e-8)
     valid = txt["unit_mask"][0]
-    q = F.normalize(img["query"][0], dim=-1, eps=1e-8)
-    s = F.leaky_relu(q @ keys.T, model.n.leaky_slope)
-    s = s / (s.square().sum(0, keepdim=True).sqrt() + 1e-8)
-    s = (model.n.temperature * s).masked_fill(~valid, float("-inf"))
-    return torch.softmax(s, dim=1)
+    queries = l2_normalize(img["query"][0])
+    keys = l2_normalize(txt["key"][0, valid])
+    out = queries.new_zeros(queries.shape[0], valid.numel())
+    out[:, valid] = cnl_weights(queries, keys, temperature=model.n.temperature, leaky_slope=model.n.leaky_slope)
+    return out

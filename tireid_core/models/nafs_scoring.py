@@ -10,6 +10,7 @@ Public API
 - :func:`visual_similarity` — image×image cosine of the global image features, input of RVN (§5).
 - :func:`topk_mask` — top-K membership under the project tie rule (stable, ascending index).
 - :func:`rvn_bonus` / :func:`rvn_rerank` — RVN, ``mode="intended"`` (default), ``"official"`` or ``"off"`` (§7 item 1).
+- :func:`cnl_weights` — the attention weights of steps 1–4 for one text (reference loop, attention figures).
 - :func:`cnl_scores_loop`, :func:`rvn_bonus_loop`, :func:`rvn_rerank_loop` — straightforward reference loops (per
   text; Python sets for RVN) for the parity tests and the benchmark, with the official code's cost structure (§7 item
   16).
@@ -92,7 +93,7 @@ def _cnl_inputs(text_units, text_mask, image_units, text_values, image_values):
     return (keys.to(dtype), values.to(dtype), mask, queries.to(dtype), img_values.to(dtype))
 
 
-def _normalize(x, eps, dim=-1):
+def l2_normalize(x, eps=CNL_EPS, dim=-1):
     """x / (‖x‖ + ε): the convention for every normalisation in this module (ε added to the norm)."""
     return x / (torch.linalg.vector_norm(x, dim=dim, keepdim=True) + eps)
 
@@ -191,8 +192,8 @@ def cnl_scores(text_units, text_mask, image_units, *, text_values=None, image_va
         raise ValueError(f"chunk must be positive, got {chunk}")
 
     # Step 1 normalisation of keys and queries, once. Pack valid units first (order among them kept).
-    kn = _normalize(keys, eps)
-    qn = _normalize(queries, eps)
+    kn = l2_normalize(keys, eps)
+    qn = l2_normalize(queries, eps)
     counts = mask.sum(1)
     unit_order = torch.argsort((~mask).to(torch.int8), dim=1, stable=True)
     packed_mask = mask.gather(1, unit_order)
@@ -263,6 +264,19 @@ def cnl_scores(text_units, text_mask, image_units, *, text_values=None, image_va
     return out
 
 
+def cnl_weights(queries, keys, *, temperature=CNL_TEMPERATURE, leaky_slope=CNL_LEAKY_SLOPE, eps=CNL_EPS):
+    """Steps 1–4 of nafs.md §2.3 written out literally: the attention a_rw of image units over one text's units.
+
+    ``queries``: … × R × d L2-normalised image queries; ``keys``: n_word × d L2-normalised keys of the text's valid
+    units. Returns … × R × n_word, each row a softmax over the text units. Used by the reference loop and by the
+    attention figures (``tireid_core.models.nafs.cnl_attention``).
+    """
+    s = queries @ keys.T  # 1. cosines
+    s = F.leaky_relu(s, leaky_slope)  # 2.
+    s = s / (s.square().sum(-2, keepdim=True).sqrt() + eps)  # 3. each word over image units
+    return torch.softmax(temperature * s, dim=-1)  # 4. softmax over text units
+
+
 def cnl_scores_loop(text_units, text_mask, image_units, *, text_values=None, image_values=None,
                     temperature=CNL_TEMPERATURE, leaky_slope=CNL_LEAKY_SLOPE, eps=CNL_EPS, image_chunk=None):
     """Reference for :func:`cnl_scores`: one text at a time, the six steps of nafs.md §2.3 written out literally.
@@ -276,19 +290,16 @@ def cnl_scores_loop(text_units, text_mask, image_units, *, text_values=None, ima
     n_texts = keys.shape[0]
     n_images = queries.shape[0]
     step = n_images if image_chunk is None else int(image_chunk)
-    qn = _normalize(queries, eps)
+    qn = l2_normalize(queries, eps)
     u_norm = torch.linalg.vector_norm(img_values, dim=-1)  # I × R
     out = torch.empty(n_texts, n_images, dtype=keys.dtype, device=keys.device)
     for t in range(n_texts):
-        k = _normalize(keys[t, mask[t]], eps)  # n_word × d
+        k = l2_normalize(keys[t, mask[t]], eps)  # n_word × d
         v = values[t, mask[t]]
         for i0 in range(0, n_images, step):
             q, u = qn[i0:i0 + step], img_values[i0:i0 + step]  # Ic × R × d
-            s = q @ k.T  # 1. cosines, Ic × R × n_word
-            s = F.leaky_relu(s, leaky_slope)  # 2.
-            s = s / (s.square().sum(1, keepdim=True).sqrt() + eps)  # 3. each word over image units
-            a = torch.softmax(temperature * s, dim=2)  # 4. softmax over text units
-            t_r = _normalize(a @ v, eps)  # 5. Ic × R × d
+            a = cnl_weights(q, k, temperature=temperature, leaky_slope=leaky_slope, eps=eps)  # steps 1-4
+            t_r = l2_normalize(a @ v, eps)  # 5. Ic × R × d
             t_norm = torch.linalg.vector_norm(t_r, dim=2)
             cos = (u * t_r).sum(2) / ((u_norm[i0:i0 + step] + eps) * (t_norm + eps))  # 6.
             out[t, i0:i0 + step] = cos.mean(1)
