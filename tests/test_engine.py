@@ -102,3 +102,52 @@ def test_ddp_two_cpu_processes_match_single_process(tiny_params, tmp_path, tiny_
     for name, w in single["model"].items():
         if w.is_floating_point():
             assert torch.allclose(w, ddp["model"][name], atol=1e-3, rtol=0), name
+
+
+def test_image_cache_gives_the_same_run(tiny_params, tmp_path):
+    """data.cache_images only saves decoding: same losses and metrics, and the cache is filled once per image."""
+    exp_a, a = _train(tiny_params("baseline.data.cache_images=false"))
+    exp_b, b = _train(tiny_params("baseline.data.cache_images=true", f"baseline.out_dir={tmp_path / 'cached'}"))
+    assert exp_a.image_cache is None
+    n_images = len({p.path for p in exp_b.train_set.pairs}) + len(exp_b.val_set.image_paths) + len(exp_b.test_set.image_paths)
+    assert len(exp_b.image_cache) == n_images
+    assert a["summary"] == b["summary"]
+    assert [h["train/loss"] for h in a["history"]] == [h["train/loss"] for h in b["history"]]
+
+
+def test_image_loader_flip_matches_torchvision(tiny_simpedes):
+    from tireid_core.data.datasets import read_image
+    from tireid_core.data.transforms import ImageLoader, build_image_transform
+
+    path = next(Path(tiny_simpedes).glob("imgs/**/*.png"))
+    reference = build_image_transform(48, 16, train=True)
+    cache: dict = {}
+    loader = ImageLoader(48, 16, train=True, cache=cache)
+    for seed in range(6):  # both outcomes of the flip
+        torch.manual_seed(seed)
+        expected = reference(read_image(path))
+        torch.manual_seed(seed)
+        assert torch.equal(loader(path), expected)
+    assert len(cache) == 1
+    assert torch.equal(ImageLoader(48, 16, train=False)(path), build_image_transform(48, 16, train=False)(read_image(path)))
+
+
+def test_channels_last_run_uses_nhwc_weights(tiny_params, tmp_path):
+    exp, result = _train(tiny_params("baseline.train.channels_last=true"))
+    conv = next(m for m in exp.model.modules() if isinstance(m, torch.nn.Conv2d) and m.kernel_size != (1, 1))
+    assert conv.weight.is_contiguous(memory_format=torch.channels_last) and not conv.weight.is_contiguous()
+    assert result["summary"]["best"]["test"]["R@1"] >= 0
+
+
+@pytest.mark.parametrize("method", ["baseline", "ssan", "nafs"])
+def test_channels_last_gives_the_same_image_features(tiny_params, method):
+    """NHWC is a layout, not a different model: stripes, pooling and heads see the same numbers."""
+    exp = build_experiment(tiny_params(section=method), model_builder(method))
+    model = exp.model.eval()
+    images = torch.randn(3, 3, exp.params.data.height, exp.params.data.width)
+    with torch.no_grad():
+        nchw = model.encode_images(images)
+        model.to(memory_format=torch.channels_last)
+        nhwc = model.encode_images(images.contiguous(memory_format=torch.channels_last))
+    flat = lambda x: torch.cat([t.flatten() for t in (x.values() if isinstance(x, dict) else [x])])  # noqa: E731
+    assert torch.allclose(flat(nchw), flat(nhwc), atol=1e-5, rtol=1e-4)

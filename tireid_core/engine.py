@@ -32,7 +32,7 @@ from tireid_core.data.pairs import CaptionCollate, ImageDataset, PairDataset
 from tireid_core.data.records import TextImageDataset
 from tireid_core.data.samplers import random_batches, rank_slice
 from tireid_core.data.tokenizers import HFTokenizer, WordTokenizer, WordVocab, word_tokens
-from tireid_core.data.transforms import build_image_transform
+from tireid_core.data.transforms import ImageLoader
 from tireid_core.io import atomic_torch_save, write_json
 from tireid_core.metrics import metrics_record, retrieval_metrics
 from tireid_core.params import RunParams, save_params
@@ -125,6 +125,7 @@ class Experiment:
     num_classes: int
     model: nn.Module
     run_dir: Path
+    image_cache: dict | None = None  # shared by training and evaluation loaders (data.cache_images)
 
 
 def build_experiment(params: RunParams, build_model: Callable[[RunParams, object, int], nn.Module]) -> Experiment:
@@ -138,8 +139,12 @@ def build_experiment(params: RunParams, build_model: Callable[[RunParams, object
     if d.weak_caption:
         train_pairs = drop_single_image_ids(train_pairs)
     label_of_pid = {pid: i for i, pid in enumerate(sorted({p.pid for p in train_pairs}))}
+    image_cache = {} if d.cache_images else None
     train_set = PairDataset(
-        train_pairs, build_image_transform(d.height, d.width, train=True, hflip=d.hflip, normalize=d.normalize), label_of_pid, d.weak_caption
+        train_pairs,
+        ImageLoader(d.height, d.width, train=True, hflip=d.hflip, normalize=d.normalize, cache=image_cache),
+        label_of_pid,
+        d.weak_caption,
     )
     has_val = any(e.split == "val" for e in dataset.images)
     tokenizer = build_tokenizer(params, [p.caption for p in train_pairs])
@@ -154,6 +159,7 @@ def build_experiment(params: RunParams, build_model: Callable[[RunParams, object
         num_classes=len(label_of_pid),
         model=model,
         run_dir=Path(params.out_dir),
+        image_cache=image_cache,
     )
 
 
@@ -167,10 +173,13 @@ def encode_eval_set(exp: Experiment, evalset: EvalSet, device: torch.device, mod
     was_training = model.training
     model.eval()
     d, bs = exp.params.data, exp.params.eval.batch_size
-    images = ImageDataset(evalset.image_paths, build_image_transform(d.height, d.width, train=False, normalize=d.normalize))
+    images = ImageDataset(evalset.image_paths,
+                          ImageLoader(d.height, d.width, train=False, normalize=d.normalize, cache=exp.image_cache))
     img_feats = []
     for start in tqdm(range(0, len(images), bs), desc=f"{evalset.split} images", leave=False, disable=dist.rank() != 0):
         batch = torch.stack([images[i] for i in range(start, min(start + bs, len(images)))]).to(device)
+        if exp.params.train.channels_last:
+            batch = batch.contiguous(memory_format=torch.channels_last)
         img_feats.append(model.encode_images(batch).float().cpu())
     txt_feats, collate = [], make_collate(exp)
     for start in tqdm(range(0, len(evalset.captions), bs), desc=f"{evalset.split} texts", leave=False, disable=dist.rank() != 0):
@@ -278,6 +287,8 @@ def fit(
         save_params(params, run_dir / "params.resolved.yaml")
 
     model.to(device)
+    if tp.channels_last:
+        model.to(memory_format=torch.channels_last)
     train_module: nn.Module = model
     if distributed:
         train_module = nn.parallel.DistributedDataParallel(model, device_ids=[device.index] if device.type == "cuda" else None)
@@ -325,6 +336,8 @@ def fit(
         bar = tqdm(loader, desc=f"epoch {epoch + 1}/{tp.epochs}", leave=False, disable=not is_main)
         for batch in bar:
             batch = _move(batch, device)
+            if tp.channels_last:
+                batch["image"] = batch["image"].contiguous(memory_format=torch.channels_last)
             batch["epoch"] = epoch  # schedules inside losses (SSAN's alpha2 warm-up)
             with torch.autocast(device.type, enabled=use_amp):
                 terms = train_module(batch, tp)

@@ -35,6 +35,7 @@ class DataParams:
     cls_sep_tokens: bool = False  # word vocabulary: wrap captions as [CLS] words [SEP] (BERT layout; NAFS demo)
     sub_sentences: bool = False  # batches carry each token's sub-sentence index (NAFS locality constraint)
     num_workers: int = 0
+    cache_images: bool = False  # keep decoded, resized images in memory (small datasets: decode once, not per epoch)
 
 
 @dataclass
@@ -79,6 +80,7 @@ class TrainParams:
     selection_split: Literal["val", "test", "last"] = "val"
     device: str = "auto"  # auto | cpu | cuda | cuda:N
     amp: bool = True  # mixed precision, used only on CUDA
+    channels_last: bool = False  # NHWC image batches and conv weights: faster convolutions on CPU for some models
     log_every: int = 0  # 0 = progress bar only
 
 

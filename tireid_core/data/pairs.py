@@ -6,7 +6,6 @@ from dataclasses import dataclass
 import torch
 from torch.utils.data import Dataset
 
-from tireid_core.data.datasets import read_image
 from tireid_core.data.records import CaptionPair
 
 
@@ -18,10 +17,10 @@ class PairDataset(Dataset):
     The draw uses torch's global RNG, which the engine reseeds every epoch, so runs and resumes repeat it.
     """
 
-    def __init__(self, pairs: list[CaptionPair], transform, label_of_pid: dict[int, int] | None = None,
+    def __init__(self, pairs: list[CaptionPair], load_image, label_of_pid: dict[int, int] | None = None,
                  weak_caption: bool = False):
         self.pairs = pairs
-        self.transform = transform
+        self.load_image = load_image  # path -> tensor (data.transforms.ImageLoader)
         self.label_of_pid = label_of_pid
         self.weak_caption = weak_caption
         self.other_image_captions: list[list[int]] = []
@@ -44,7 +43,7 @@ class PairDataset(Dataset):
     def __getitem__(self, i: int) -> dict:
         p = self.pairs[i]
         label = self.label_of_pid[p.pid] if self.label_of_pid is not None else -1
-        item = {"image": self.transform(read_image(p.path)), "caption": p.caption, "label": label, "pid": p.pid, "index": i}
+        item = {"image": self.load_image(p.path), "caption": p.caption, "label": label, "pid": p.pid, "index": i}
         if self.weak_caption:
             others = self.other_image_captions[i]
             item["weak_caption"] = self.pairs[others[int(torch.randint(len(others), ()))]].caption
@@ -54,15 +53,15 @@ class PairDataset(Dataset):
 class ImageDataset(Dataset):
     """Unique gallery images (each test image once)."""
 
-    def __init__(self, paths: list, transform):
+    def __init__(self, paths: list, load_image):
         self.paths = paths
-        self.transform = transform
+        self.load_image = load_image
 
     def __len__(self) -> int:
         return len(self.paths)
 
     def __getitem__(self, i: int) -> torch.Tensor:
-        return self.transform(read_image(self.paths[i]))
+        return self.load_image(self.paths[i])
 
 
 def _trim(*tensors: torch.Tensor, mask: torch.Tensor) -> tuple[torch.Tensor, ...]:

@@ -1,7 +1,10 @@
 """Image transforms: one place that decides input size, augmentation and normalisation."""
 from __future__ import annotations
 
+import torch
 from torchvision import transforms as T
+
+from tireid_core.data.datasets import read_image
 
 IMAGENET_MEAN = (0.485, 0.456, 0.406)
 IMAGENET_STD = (0.229, 0.224, 0.225)
@@ -21,3 +24,30 @@ def build_image_transform(height: int, width: int, *, train: bool, hflip: bool =
         steps.append(T.RandomHorizontalFlip())
     steps += [T.ToTensor(), T.Normalize(mean, std)]
     return T.Compose(steps)
+
+
+class ImageLoader:
+    """Path -> image tensor: decode, resize and normalise, then flip at random when training.
+
+    `cache` (a dict, shared by the loaders of one run) keeps each decoded, resized and normalised tensor, so small
+    datasets (SimPEDES demo: about 15 MB) are decoded once instead of every epoch. The flip comes after the cache and
+    draws the same random number as torchvision's RandomHorizontalFlip, so cached and uncached runs are identical.
+    """
+
+    def __init__(self, height: int, width: int, *, train: bool, hflip: bool = True, normalize: str = "imagenet",
+                 cache: dict | None = None):
+        self.prepare = build_image_transform(height, width, train=False, normalize=normalize)
+        self.flip = train and hflip
+        self.key = (height, width, normalize)
+        self.cache = cache
+
+    def __call__(self, path) -> torch.Tensor:
+        key = (str(path), self.key)
+        image = self.cache.get(key) if self.cache is not None else None
+        if image is None:
+            image = self.prepare(read_image(path))
+            if self.cache is not None:
+                self.cache[key] = image
+        if self.flip and torch.rand(1) < 0.5:
+            image = image.flip(-1)
+        return image
