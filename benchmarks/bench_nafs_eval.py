@@ -198,6 +198,16 @@ def main():
         ("CNL + RVN official, vs official-structured loops", t_cnl_loop200 + t_vis + t_off_loop, vec_off),
     ):
         print(f"  {label:52s} {loop_t:9.1f} s / {vec_t:6.1f} s = x{loop_t / vec_t:,.1f}")
+    # Work of the matrix products (2 FLOPs per multiply-add), per text with n valid units, R image units, I images:
+    # vectorised = q.k (n R I d) + u.v (n R I d) + [G; mask] e (n (n+1) R I); loop = q.k + a v (n R I d each) + u.t.
+    n, r, i, d = n_valid.double(), cfg["regions"], N_IMAGES, cfg["d"]
+    flops_vec = float((2 * n * r * i * d * 2 + 2 * n * (n + 1) * r * i).sum())
+    flops_loop = float((2 * n * r * i * d * 2 + 2 * r * i * d).sum())
+    print("\nwork of the CNL matrix products (why the CNL speed-up is small on a CPU)")
+    print(f"  vectorised {flops_vec / 1e9:8.0f} GFLOP in {t_cnl:7.1f} s = {flops_vec / 1e9 / t_cnl:6.1f} GFLOP/s")
+    print(f"  loop       {flops_loop / 1e9:8.0f} GFLOP in {t_cnl_loop:7.1f} s = {flops_loop / 1e9 / t_cnl_loop:6.1f} GFLOP/s")
+    print(f"  the per-text loop does {flops_loop / flops_vec:.2f}x the vectorised work: on one device the CNL speed-up "
+          "is the ratio of the two rates, not a saving of work")
     headline = (t_cnl_loop + t_vis + t_int_loop) / vec_int
     print(f"headline speed-up (CNL + intended RVN vs per-text loop + set loop; target >= 20): x{headline:,.1f}")
     if not ok:
