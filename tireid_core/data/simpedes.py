@@ -46,7 +46,7 @@ class SimPEDESParams:
     """All knobs of the generator; defaults are the CPU demo. Validated on construction."""
 
     seed: int = 0
-    ids_train: int = 300
+    ids_train: int = 400
     ids_val: int = 100
     ids_test: int = 100
     images_per_id: int = 4
