@@ -77,9 +77,11 @@ def test_device_resolution():
 
 @pytest.mark.slow
 def test_ddp_two_cpu_processes_match_single_process(tiny_params, tmp_path, tiny_simpedes):
-    # Exact parity needs the same objective: frozen BN statistics, no dropout, no random flip.
+    # Exact parity needs the same objective: frozen BN statistics, no dropout, no random flip, float32 (bfloat16
+    # rounding depends on how the batch is split).
     common = [
         "baseline.train.freeze_bn=true",
+        "baseline.train.cpu_bf16=false",
         "baseline.model.text_dropout=0.0",
         "baseline.data.hflip=false",
         f"baseline.data.root={tiny_simpedes}",
@@ -151,3 +153,17 @@ def test_channels_last_gives_the_same_image_features(tiny_params, method):
         nhwc = model.encode_images(images.contiguous(memory_format=torch.channels_last))
     flat = lambda x: torch.cat([t.flatten() for t in (x.values() if isinstance(x, dict) else [x])])  # noqa: E731
     assert torch.allclose(flat(nchw), flat(nhwc), atol=1e-5, rtol=1e-4)
+
+
+def test_cpu_bf16_trains_in_bfloat16_and_evaluates_in_float32(tiny_params, tmp_path):
+    """train.cpu_bf16: bfloat16 autocast for training steps only; evaluation features stay float32; repeatable."""
+    params = tiny_params("baseline.train.cpu_bf16=true", "baseline.train.device=cpu")
+    exp = build_experiment(params, model_builder("baseline"))
+    seen = {True: set(), False: set()}
+    conv = next(m for m in exp.model.modules() if isinstance(m, torch.nn.Conv2d))
+    conv.register_forward_hook(lambda mod, inp, out: seen[mod.training].add(out.dtype))
+    first = fit(exp)
+    assert seen[True] == {torch.bfloat16} and seen[False] == {torch.float32}
+    _, again = _train(tiny_params("baseline.train.cpu_bf16=true", "baseline.train.device=cpu",
+                                  f"baseline.out_dir={tmp_path / 'again'}"))
+    assert first["summary"] == again["summary"]

@@ -278,7 +278,8 @@ def fit(
     distributed = dist.init_from_env(device)
     if distributed and device.type == "cuda":
         device = torch.device("cuda", dist.rank() % torch.cuda.device_count())
-    use_amp = tp.amp and device.type == "cuda"
+    use_amp = tp.amp and device.type == "cuda"  # float16 with a gradient scaler
+    use_bf16 = tp.cpu_bf16 and device.type == "cpu"  # bfloat16 needs no scaler (float32's exponent range)
     run_dir = exp.run_dir
     ckpt_dir = run_dir / "checkpoints"
     is_main = dist.rank() == 0
@@ -339,7 +340,7 @@ def fit(
             if tp.channels_last:
                 batch["image"] = batch["image"].contiguous(memory_format=torch.channels_last)
             batch["epoch"] = epoch  # schedules inside losses (SSAN's alpha2 warm-up)
-            with torch.autocast(device.type, enabled=use_amp):
+            with torch.autocast(device.type, dtype=torch.bfloat16 if use_bf16 else None, enabled=use_amp or use_bf16):
                 terms = train_module(batch, tp)
             optimizer.zero_grad(set_to_none=True)
             scaler.scale(terms["loss"]).backward()

@@ -79,7 +79,8 @@ class TrainParams:
     freeze_bn: bool = False  # BatchNorm layers kept in eval mode (exact DDP parity, fine-tuning)
     selection_split: Literal["val", "test", "last"] = "val"
     device: str = "auto"  # auto | cpu | cuda | cuda:N
-    amp: bool = True  # mixed precision, used only on CUDA
+    amp: bool = True  # mixed precision (float16 autocast + gradient scaling), used only on CUDA
+    cpu_bf16: bool = False  # bfloat16 autocast for CPU training: fast on CPUs with AVX512-BF16/AMX, slow without
     channels_last: bool = False  # NHWC image batches and conv weights: faster convolutions on CPU for some models
     log_every: int = 0  # 0 = progress bar only
 
