@@ -35,7 +35,8 @@ class DataParams:
     cls_sep_tokens: bool = False  # word vocabulary: wrap captions as [CLS] words [SEP] (BERT layout; NAFS demo)
     sub_sentences: bool = False  # batches carry each token's sub-sentence index (NAFS locality constraint)
     num_workers: int = 0
-    cache_images: bool = False  # keep decoded, resized images in memory (small datasets: decode once, not per epoch)
+    cache_images: bool = False  # keep decoded, resized images in memory: small datasets are decoded once, not every
+    # epoch (with num_workers > 0 each worker fills its own copy for one epoch, so leave it off there)
 
 
 @dataclass
