@@ -97,6 +97,9 @@ def test_transformer_rejects_too_long_input():
     encoder = TransformerTextEncoder(VOCAB, dim=16, layers=1, heads=2, max_len=4)
     with pytest.raises(ValueError, match="max_len"):
         encoder(*_batch([5], total=5))
+    ids, mask = _batch([3], total=3)
+    with pytest.raises(ValueError, match="position id 4 exceeds max_len 4"):
+        encoder(ids, mask, positions=torch.tensor([[0, 1, 4]]))
 
 
 def test_registry():

@@ -177,9 +177,8 @@ def encode_eval_set(exp: Experiment, evalset: EvalSet, device: torch.device, mod
                           ImageLoader(d.height, d.width, train=False, normalize=d.normalize, cache=exp.image_cache))
     img_feats = []
     for start in tqdm(range(0, len(images), bs), desc=f"{evalset.split} images", leave=False, disable=dist.rank() != 0):
-        batch = torch.stack([images[i] for i in range(start, min(start + bs, len(images)))]).to(device)
-        if exp.params.train.channels_last:
-            batch = batch.contiguous(memory_format=torch.channels_last)
+        batch = _image_batch(torch.stack([images[i] for i in range(start, min(start + bs, len(images)))]), device,
+                             exp.params.train.channels_last)
         img_feats.append(model.encode_images(batch).float().cpu())
     txt_feats, collate = [], make_collate(exp)
     for start in tqdm(range(0, len(evalset.captions), bs), desc=f"{evalset.split} texts", leave=False, disable=dist.rank() != 0):
@@ -256,6 +255,12 @@ def _set_bn_eval(model: nn.Module) -> None:
     for m in model.modules():
         if isinstance(m, nn.modules.batchnorm._BatchNorm):
             m.eval()
+
+
+def _image_batch(images: torch.Tensor, device: torch.device, channels_last: bool) -> torch.Tensor:
+    """Images on the device, in NHWC when the run asks for it (train.channels_last; the model is converted in fit)."""
+    images = images.to(device)
+    return images.contiguous(memory_format=torch.channels_last) if channels_last else images
 
 
 def _move(batch: dict, device: torch.device) -> dict:
@@ -337,8 +342,7 @@ def fit(
         bar = tqdm(loader, desc=f"epoch {epoch + 1}/{tp.epochs}", leave=False, disable=not is_main)
         for batch in bar:
             batch = _move(batch, device)
-            if tp.channels_last:
-                batch["image"] = batch["image"].contiguous(memory_format=torch.channels_last)
+            batch["image"] = _image_batch(batch["image"], device, tp.channels_last)
             batch["epoch"] = epoch  # schedules inside losses (SSAN's alpha2 warm-up)
             with torch.autocast(device.type, dtype=torch.bfloat16 if use_bf16 else None, enabled=use_amp or use_bf16):
                 terms = train_module(batch, tp)

@@ -196,7 +196,7 @@ class SSAN(nn.Module):
             terms["id"] = terms["id"] + weight * (self._id_loss(img, labels, name, heads) +
                                                   self._id_loss(txt, labels, name, heads))
             terms["cr"] = terms["cr"] + weight * compound_ranking_loss(
-                img[name].flatten(1), txt[name].flatten(1), weak[name].flatten(1) if weak else None, labels, epoch=epoch,
+                img[name].flatten(1), txt[name].flatten(1), weak[name].flatten(1) if weak is not None else None, labels, epoch=epoch,
                 alpha1=s.alpha1, beta=s.beta, alpha2_start_epoch=s.alpha2_start_epoch, weak_term=s.weak_term,
                 weak_gate=s.weak_gate, weak_neg=s.weak_neg, lambda_mode=s.lambda_mode, reduction=s.cr_reduction,
             )

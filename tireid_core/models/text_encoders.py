@@ -127,6 +127,8 @@ class TransformerTextEncoder(nn.Module):
             if length > self.max_len:
                 raise ValueError(f"sequence length {length} exceeds max_len {self.max_len}; tokenise with max_len <= {self.max_len}")
             positions = torch.arange(length, device=ids.device)
+        elif int(positions.max()) >= self.max_len:
+            raise ValueError(f"position id {int(positions.max())} exceeds max_len {self.max_len}")
         x = self.dropout(self.embed(ids) + self.pos(positions))
         if attention is not None:
             blocked = ~attention.bool().repeat_interleave(self.encoder.layers[0].self_attn.num_heads, dim=0)
