@@ -36,7 +36,7 @@ def main() -> None:
         "nafs.model.pretrained=false", "nafs.model.text_pretrained=false", f"nafs.nafs.locality={args.locality}"])
     torch.manual_seed(0)
     model = NAFS(params, BERT_VOCAB, 11003, BERT_CLS, BERT_SEP).to(device).train()
-    opt = torch.optim.Adam(model.param_groups(params), lr=params.train.lr)
+    opt = torch.optim.Adam(model.param_groups(params), lr=params.train.lr, fused=True)  # as the engine
     n_params = sum(p.numel() for p in model.parameters())
     b, L = args.batch, args.words
 
