@@ -8,7 +8,8 @@ import pytest
 from PIL import Image
 
 from tireid_core.data import simpedes as sp
-from tireid_core.data.simpedes import SimPEDESParams, content_hash, generate, load_meta, token_part_labels
+from tireid_core.data.simpedes import (SimPEDESParams, content_hash, expected_stripes, generate, load_meta,
+                                      token_part_labels, validate)
 from tireid_core.data.tokenizers import word_tokens
 
 TINY = dict(ids_train=6, ids_val=3, ids_test=3, images_per_id=3, distractors=3, junk=2,
@@ -95,7 +96,7 @@ def test_near_twins_differ_in_one_or_two_parts(tiny):
         src = by_id[t["twin_of"]]
         assert src["split"] == t["split"] and src["twin_of"] is None
         differ = [p for p in sp.PARTS
-                  if sp._part_values(t["attributes"], p) != sp._part_values(src["attributes"], p)]
+                  if sp.identities.part_values(t["attributes"], p) != sp.identities.part_values(src["attributes"], p)]
         assert 1 <= len(differ) <= 2 and differ == t["changed_parts"]
         assert t["attributes"]["gender"] == src["attributes"]["gender"]
 
@@ -147,7 +148,7 @@ def test_noise_index_is_rde_form(tiny, records, tmp_path):
 def test_atomic_write(tmp_path, monkeypatch):
     params = SimPEDESParams(**{**TINY, "ids_train": 2, "ids_val": 1, "ids_test": 1, "noise_rate": 0.0})
     out = tmp_path / "data"
-    real_render, calls = sp._render, []
+    real_render, calls = sp.build.render, []
 
     def flaky(*a, **k):
         calls.append(1)
@@ -155,21 +156,21 @@ def test_atomic_write(tmp_path, monkeypatch):
             raise RuntimeError("boom")
         return real_render(*a, **k)
 
-    monkeypatch.setattr(sp, "_render", flaky)
+    monkeypatch.setattr(sp.build, "render", flaky)
     with pytest.raises(RuntimeError, match="boom"):
         generate(params, out)
     assert list(tmp_path.iterdir()) == []  # neither out_dir nor a temporary folder is left behind
 
-    monkeypatch.setattr(sp, "_render", real_render)
+    monkeypatch.setattr(sp.build, "render", real_render)
     generate(params, out)
     before = _files(out)
     calls.clear()
-    monkeypatch.setattr(sp, "_render", flaky)
+    monkeypatch.setattr(sp.build, "render", flaky)
     with pytest.raises(RuntimeError):
         generate(SimPEDESParams(**{**TINY, "seed": 7}), out)
     assert _files(out) == before and [p.name for p in tmp_path.iterdir()] == ["data"]
 
-    monkeypatch.setattr(sp, "_render", real_render)
+    monkeypatch.setattr(sp.build, "render", real_render)
     meta = generate(SimPEDESParams(**{**TINY, "seed": 7}), out)  # an existing out_dir is replaced
     assert content_hash(out) == meta["content_hash"] and [p.name for p in tmp_path.iterdir()] == ["data"]
 
@@ -182,6 +183,66 @@ def test_atomic_write(tmp_path, monkeypatch):
 def test_params_validation_names_the_key(key, value):
     with pytest.raises(ValueError, match=rf"simpedes\.{key}\b"):
         SimPEDESParams.from_dict({key: value})
+
+
+@pytest.mark.parametrize("key,value", [
+    ("images_per_id", 100), ("cameras", np.int64(7)), ("caption_error_rate", float("nan")), ("width", 11.0),
+    ("near_twin_rate", None), ("junk", "3"),
+])
+def test_one_validation_for_construction_and_from_dict(key, value):
+    """Direct construction, from_dict and validate share one check, and its message names the key."""
+    for make in (lambda: SimPEDESParams(**{key: value}), lambda: SimPEDESParams.from_dict({key: value}),
+                 lambda: validate({key: value})):
+        with pytest.raises(ValueError, match=rf"^simpedes\.{key} must be .*, got "):
+            make()
+
+
+def test_validate_checks_split_total_and_normalises():
+    with pytest.raises(ValueError, match=r"simpedes\.ids_train \+ simpedes\.ids_val \+ simpedes\.ids_test"):
+        validate({"ids_train": 9000, "ids_val": 900})  # + the default ids_test (100) > 9999
+    with pytest.raises(ValueError, match=r"unknown key\(s\) simpedes\.colour, simpedes\.out_dir"):
+        validate({"out_dir": "data", "colour": 1, "seed": 0})
+    out = validate({"seed": np.int32(3), "jitter": 0, "noise_rate": np.float32(0.5)})
+    assert out == {"seed": 3, "jitter": 0.0, "noise_rate": 0.5}
+    assert [type(v) for v in out.values()] == [int, float, float]
+
+
+def test_expected_stripes_follow_the_body_layout():
+    six = expected_stripes(6)
+    assert six == {"head": [0], "upper": [1, 2], "lower": [3, 4], "shoes": [5]}  # = analysis.EXPECTED_STRIPES_6
+    assert expected_stripes(3) == {"head": [0], "upper": [1], "lower": [2], "shoes": [2]}
+    assert expected_stripes(2) == {"head": [0], "upper": [0], "lower": [1], "shoes": [1]}
+    assert expected_stripes(1) == {"head": [0], "upper": [0], "lower": [0], "shoes": [0]}
+    for n in (2, 3, 4, 5, 6, 8, 12, 24):
+        got = expected_stripes(n)
+        assert list(got) == ["head", "upper", "lower", "shoes"]
+        for part, stripes in got.items():  # every part gets a contiguous, non-empty run of stripes
+            assert stripes and stripes == list(range(stripes[0], stripes[-1] + 1)), (n, part)
+        for above, below in zip(got.values(), list(got.values())[1:]):  # top to bottom, overlapping at most 1
+            assert above[0] <= below[0] and above[-1] <= below[0] + 1, (n, got)
+    # the vertical extents are the same for every view and build in the current layout
+    assert all(expected_stripes(6, view=v, build=b) == six
+               for v in sp.VIEWS for b in sp.ATTRIBUTE_TABLES["build"]["values"])
+    # the rule's threshold: the legs fill 48 % of the bottom sixth, so a lower threshold adds it
+    assert expected_stripes(6, min_overlap=1 / 3)["lower"] == [3, 4, 5]
+    assert expected_stripes(6, view="back", bag="backpack")["bag"] == [1, 2]
+    for bad in (0, -1, 2.0, True):
+        with pytest.raises(ValueError, match="n_stripes"):
+            expected_stripes(bad)
+    with pytest.raises(ValueError, match="min_overlap"):
+        expected_stripes(6, min_overlap=0)
+
+
+def test_expected_stripes_are_derived_from_the_painted_layout(monkeypatch):
+    """Moving the painted rectangles moves the stripes: nothing is hard-coded."""
+    def layout(view, build, bag, skirt):  # a person that is all head, then one with shoes at the top
+        return [("head_front", (0.0, 1.0, 0.2, 0.8), None, False, False)]
+
+    monkeypatch.setattr(sp.body, "_layers", layout)
+    assert expected_stripes(4) == {"head": [0, 1, 2, 3]}
+    monkeypatch.setattr(sp.body, "_layers", lambda *a: [("shoes", (0.0, 0.3, 0.2, 0.8), None, False, False),
+                                                        ("legs_front", (0.5, 1.0, 0.2, 0.8), None, False, False)])
+    assert expected_stripes(2) == {"lower": [1], "shoes": [0]}
 
 
 def test_params_unknown_key_and_defaults():

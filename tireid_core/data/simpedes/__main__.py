@@ -1,0 +1,4 @@
+"""`python -m tireid_core.data.simpedes --params params.yaml --out data/simpedes [--profile tiny]`."""
+from tireid_core.data.simpedes.cli import main
+
+main()
