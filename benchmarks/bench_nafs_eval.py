@@ -2,15 +2,15 @@
 
     python benchmarks/bench_nafs_eval.py [--config demo|paper] [--threads N] [--loop-texts 200] ...
 
-Random features (seeded), unit counts and widths of nafs.md §10 (``demo``, default: d = 128, BERT max length 32 → 30
+Random features (seeded), unit counts and widths of docs/nafs.md §10 (``demo``, default: d = 128, BERT max length 32 → 30
 word units + global + 2 sub-sentences = 33 text units, 6 image units; about 35 s on 2 cores) or of the paper
 (``paper``: d = 768, 101 text units; about 10 GB of memory and 2 minutes on 2 cores with --loop-texts 40). Each caption
 has a random number of valid word units.
 
-Times the full evaluation — S = S_glob + S_loc (CNL, nafs.md §2.3, §5) then RVN (§5, §7 item 1) — with
-tireid_core.models.nafs_scoring against the straightforward reference loops of the same module: CNL one text at a time
-over all images (and, on fewer texts, in 200-image chunks as the official code does, §7 items 11 and 16), RVN with
-Python sets per (text, image) pair. The loops run on a subset of texts (RVN official: of image rows) and are
+Times the full evaluation — S = S_glob + S_loc (CNL, docs/nafs.md §2.3, §5) then RVN (§5, §7 item 1) — with
+tireid_core.models.nafs_scoring against the straightforward reference loops of tests/reference_impl.py: CNL one text
+at a time over all images (and, on fewer texts, in 200-image chunks as the official code does, §7 items 11 and 16), RVN
+with Python sets per (text, image) pair. The loops run on a subset of texts (RVN official: of image rows) and are
 extrapolated linearly (the set loops' fixed part, every image's neighbour set, is timed separately and counted once),
 which the output says. Checks on the subset: CNL scores allclose in float32 and full rankings
 identical in float64 (float32 rankings can legitimately swap scores closer than rounding), RVN bonuses bit-identical.
@@ -27,22 +27,18 @@ from pathlib import Path
 import torch
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
-from tireid_core.models.nafs_scoring import (  # noqa: E402
-    cnl_scores,
-    cnl_scores_loop,
-    nafs_test_scores,
-    rvn_bonus,
-    rvn_bonus_loop,
-    visual_similarity,
-)
+sys.path.insert(0, str(Path(__file__).resolve().parents[1] / "tests"))  # the reference loops live with the tests
+from reference_impl import cnl_scores_loop, rvn_bonus_loop  # noqa: E402
+from tireid_core.metrics import cosine_similarity  # noqa: E402
+from tireid_core.models.nafs_scoring import cnl_scores, rvn_bonus, visual_similarity  # noqa: E402
 
 N_CAPTIONS, N_IMAGES = 6156, 3074
 CONFIGS = {
     # name: (d, text units U, min/max valid word units, image units R)
     "demo": dict(d=128, units=33, words=(10, 30), regions=6,
-                 note="demo-like (nafs.md §10): d = 128, max length 32 -> 30 word units + global + 2 sub-sentences"),
+                 note="demo-like (docs/nafs.md §10): d = 128, max length 32 -> 30 word units + global + 2 sub-sentences"),
     "paper": dict(d=768, units=101, words=(15, 98), regions=6,
-                  note="paper (nafs.md §2): d = 768, 101 text units (global + 2 sub-sentences + 98 words)"),
+                  note="paper (docs/nafs.md §2): d = 768, 101 text units (global + 2 sub-sentences + 98 words)"),
 }
 
 
@@ -58,6 +54,14 @@ def make_problem(cfg, seed):
         text_mask=mask,
         image_units=torch.randn(i, r, d, generator=g), image_values=torch.randn(i, r, d, generator=g),
     )
+
+
+def nafs_scores(p, chunk):
+    """S_glob = cos(t, f), S_loc = CNL and S = their sum (docs/nafs.md §5), as the evaluator scores them."""
+    s_glob = cosine_similarity(p["text_global"], p["image_global"])
+    s_loc = cnl_scores(p["text_units"], p["text_mask"], p["image_units"], text_values=p["text_values"],
+                       image_values=p["image_values"], chunk=chunk)
+    return {"global": s_glob, "local": s_loc, "total": s_glob + s_loc}
 
 
 def clock(fn):
@@ -92,16 +96,13 @@ def main():
           f"max {n_valid.max():.0f}), image units R = {cfg['regions']}, d = {cfg['d']}; "
           f"random features, seed {args.seed}")
     print(f"  torch {torch.__version__}, {args.threads} CPU threads, load average {os.getloadavg()[0]:.2f}")
-    cnl_args = dict(text_values=p["text_values"], image_values=p["image_values"])
-    unit_args = (p["text_units"], p["text_mask"], p["image_units"])
 
     # ---- vectorised evaluation -------------------------------------------------------------------------
     print("\nvectorised (tireid_core.models.nafs_scoring; one run after a warm-up on 8 texts)")
     with torch.no_grad():
         cnl_scores(p["text_units"][:8], p["text_mask"][:8], p["image_units"], text_values=p["text_values"][:8],
                    image_values=p["image_values"], chunk=args.chunk)
-        scores, t_cnl = clock(lambda: nafs_test_scores(p["text_global"], p["image_global"], *unit_args,
-                                                       chunk=args.chunk, **cnl_args))
+        scores, t_cnl = clock(lambda: nafs_scores(p, args.chunk))
         vis, t_vis = clock(lambda: visual_similarity(p["image_global"]))
         s = scores["total"]
         b_int, t_int = clock(lambda: rvn_bonus(s, vis, mode="intended"))

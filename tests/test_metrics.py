@@ -1,4 +1,4 @@
-"""Tests for tireid_core.metrics: spec examples, edge cases, and fast-vs-reference parity."""
+"""Tests for tireid_core.metrics: spec examples, edge cases, and fast-vs-reference parity (tests/reference_impl.py)."""
 
 import itertools
 import json
@@ -9,14 +9,14 @@ import numpy as np
 import pytest
 import torch
 
+from reference_impl import reference_reid, reference_retrieval
 from tireid_core.metrics import (
     _rank_order,
-    _reference_reid,
-    _reference_retrieval,
     cosine_similarity,
     metrics_record,
     reid_metrics,
     retrieval_metrics,
+    top_k_indices,
 )
 
 SUMMARY_KEYS = ("R@1", "R@5", "R@10", "mAP", "mINP", "n_queries_valid", "n_queries_skipped", "tie_diagnostic")
@@ -38,7 +38,7 @@ def quiet(fn, *args, **kwargs):
 # --- spec examples --------------------------------------------------------------------------------
 
 def worked_example():
-    """Spec §1.5: gallery of 8, positives at ranks 1, 3 and 6."""
+    """docs/evaluation.md §1.5: gallery of 8, positives at ranks 1, 3 and 6."""
     scores = torch.tensor([[8.0, 7.0, 6.0, 5.0, 4.0, 3.0, 2.0, 1.0]])
     gallery_pids = [1, 0, 1, 0, 0, 1, 0, 0]
     return scores, [1], gallery_pids
@@ -64,7 +64,7 @@ def test_worked_example_shuffled_gallery_order_is_irrelevant():
 
 
 def test_tie_example():
-    """Spec §3: g0 = 0.9 negative, g1 = 0.9 positive, g2 = 0.5 negative."""
+    """docs/evaluation.md §3: g0 = 0.9 negative, g1 = 0.9 positive, g2 = 0.5 negative."""
     scores = torch.tensor([[0.9, 0.9, 0.5]])
     stable = retrieval_metrics(scores, [1], [0, 1, 0])
     expected = retrieval_metrics(scores, [1], [0, 1, 0], tie_mode="expected")
@@ -145,7 +145,7 @@ def test_reid_same_pid_same_camera_exclusion():
     assert m["mAP"] == pytest.approx(100 * (1 / 2 + 2 / 4) / 2)
     assert m["mINP"] == pytest.approx(100 * 2 / 4)
     assert m["max_rank"] == 5 and len(m["cmc"]) == 5
-    assert_same_metrics(m, _reference_reid(dist, [1], g_pids, [0], g_cams))
+    assert_same_metrics(m, reference_reid(dist, [1], g_pids, [0], g_cams))
     t = reid_metrics(dist, [1], g_pids, [0], g_cams, ap_convention="trapezoid")
     # hits at 0-based ranks 1 and 3: (0/1 + 1/2)/2 and (1/3 + 2/4)/2
     assert t["mAP"] == pytest.approx(100 * ((0 + 0.5) / 2 + (1 / 3 + 0.5) / 2) / 2)
@@ -180,7 +180,7 @@ def random_problem(seed, n_q, n_g, n_ids, n_levels, dtype=torch.float32):
 @pytest.mark.parametrize("seed", range(4))
 def test_retrieval_parity_with_reference(seed, ap_convention, dtype):
     scores, qp, gp = random_problem(seed, n_q=37, n_g=23 + seed, n_ids=5, n_levels=4 + 3 * seed, dtype=dtype)
-    ref = _reference_retrieval(scores, qp, gp, ap_convention=ap_convention)
+    ref = reference_retrieval(scores, qp, gp, ap_convention=ap_convention)
     for block_rows in (None, 1, 5):
         fast = quiet(retrieval_metrics, scores, qp, gp, ap_convention=ap_convention, block_rows=block_rows)
         assert_same_metrics(fast, ref)
@@ -192,7 +192,7 @@ def test_image_to_text_parity_on_transposed_numpy_matrix(ap_convention):
     scores, qp, gp = random_problem(11, n_q=40, n_g=15, n_ids=6, n_levels=5)
     s_i2t = scores.numpy().T  # images as queries over the caption gallery, non-contiguous
     fast = quiet(retrieval_metrics, s_i2t, gp.numpy(), qp.tolist(), ap_convention=ap_convention)
-    ref = _reference_retrieval(s_i2t, gp, qp, ap_convention=ap_convention)
+    ref = reference_retrieval(s_i2t, gp, qp, ap_convention=ap_convention)
     assert_same_metrics(fast, ref)
 
 
@@ -207,7 +207,7 @@ def test_reid_parity_with_reference(seed, ap_convention, dtype):
     g_pids = torch.randint(0, 8, (n_g,), generator=g)  # pid 0 acts as distractor
     q_cams = torch.randint(0, 3, (n_q,), generator=g)
     g_cams = torch.randint(0, 3, (n_g,), generator=g)
-    ref = _reference_reid(dist, q_pids, g_pids, q_cams, g_cams, ap_convention=ap_convention)
+    ref = reference_reid(dist, q_pids, g_pids, q_cams, g_cams, ap_convention=ap_convention)
     for block_rows in (None, 1, 4):
         fast = quiet(reid_metrics, dist, q_pids, g_pids, q_cams, g_cams, ap_convention=ap_convention,
                      block_rows=block_rows)
@@ -225,6 +225,25 @@ def test_packed_cpu_order_matches_torch_stable_sort():
         assert torch.equal(order, ref_order)
         # the tie keys change exactly where the scores change
         assert torch.equal(keys[:, 1:] != keys[:, :-1], ref_values[:, 1:] != ref_values[:, :-1])
+
+
+@pytest.mark.parametrize("dtype", [torch.float32, torch.float64, torch.float16, torch.int64])
+def test_top_k_indices_is_the_stable_ranking_cut_at_k(dtype):
+    g = torch.Generator().manual_seed(12)
+    scores = torch.randint(0, 4, (60, 9), generator=g).to(dtype)  # many ties, some straddling the cut
+    scores[:20] = torch.randperm(9, generator=g).to(dtype)  # rows without ties take the topk path
+    if dtype.is_floating_point:
+        scores[20] = 0.0
+        scores[21, ::2] = -0.0  # -0.0 ties with 0.0
+    ranking = torch.sort(scores.double(), dim=1, descending=True, stable=True).indices
+    for k in (1, 3, 8, 9, 20):
+        assert torch.equal(top_k_indices(scores, k), ranking[:, :min(k, 9)]), k
+    assert top_k_indices(np.array([[0.5, 0.5, 0.5]]), 2).tolist() == [[0, 1]]
+    for k in (1, 2):
+        with pytest.raises(ValueError, match="NaN"):
+            top_k_indices(torch.tensor([[0.1, float("nan")]]), k)
+    with pytest.raises(ValueError, match="k must be positive"):
+        top_k_indices(scores, 0)
 
 
 def test_torch_stable_descending_sort_breaks_ties_by_ascending_index():
@@ -246,7 +265,7 @@ def brute_force_expected(scores, qp, gp, ap_convention):
     totals, count = None, 0
     for perm in itertools.permutations(range(n_g)):
         perm = list(perm)
-        ref = _reference_retrieval(scores[:, perm], qp, [int(gp[j]) for j in perm], ap_convention=ap_convention)
+        ref = reference_retrieval(scores[:, perm], qp, [int(gp[j]) for j in perm], ap_convention=ap_convention)
         values = [ref[k] for k in ("R@1", "R@5", "mAP", "mINP")] + ref["cmc"]
         totals = values if totals is None else [a + b for a, b in zip(totals, values)]
         count += 1

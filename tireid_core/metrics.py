@@ -1,4 +1,4 @@
-"""Retrieval and ReID evaluation metrics (spec: shared/specs/evaluation.md).
+"""Retrieval and ReID evaluation metrics (docs/evaluation.md).
 
 Conventions, so that numbers are comparable with the reference code bases:
 
@@ -13,9 +13,10 @@ Conventions, so that numbers are comparable with the reference code bases:
   two decimals, so that averages over seeds are not computed from rounded values.
 
 The fast functions rank a block of queries with one sort, then read everything (R@K, AP, INP, CMC,
-tie diagnostic) off the positions of the positives. ``_reference_retrieval`` and ``_reference_reid``
-are slow per-query loops written straight from the definitions; the tests check the fast path
-against them (spec §2: keep a parity test).
+tie diagnostic) off the positions of the positives. The slow per-query loops they are checked
+against (docs/evaluation.md §2: keep a parity test) live in tests/reference_impl.py, out of the package.
+The tie rule is implemented once, in :func:`_rank_order`; :func:`top_k_indices` exposes it to
+other modules (NAFS re-ranking).
 """
 
 import warnings
@@ -41,7 +42,7 @@ _BLOCK_ELEMENTS = {"cpu": 1 << 18, "cuda": 1 << 24}
 # ----------------------------------------------------------------------------------------------
 
 def cosine_similarity(q, g, eps=1e-12):
-    """Cosine similarity matrix (len(q) x len(g)) in fp32, ε added to the norm as in IRRA (spec §1)."""
+    """Cosine similarity matrix (len(q) x len(g)) in fp32, ε added to the norm as in IRRA (docs/evaluation.md §1)."""
     q = torch.as_tensor(q).float()
     g = torch.as_tensor(g, device=q.device).float()
     q = q / (q.norm(dim=1, keepdim=True) + eps)
@@ -268,9 +269,35 @@ def _clip_ks(ks, gallery_size):
 # Public API
 # ----------------------------------------------------------------------------------------------
 
+def top_k_indices(scores, k):
+    """Each row's first ``k`` columns under the tie rule, in rank order (rows × min(k, columns)).
+
+    For callers that need a top-K under the same rule as the metrics (NAFS re-ranking) without
+    sorting whole rows. torch.topk's order among equal values is unspecified, so rows where two of
+    the top k + 1 values are equal (-0.0 and 0.0 included) are re-ranked with :func:`_rank_order`.
+    NaN is rejected.
+    """
+    s = _as_matrix(scores)
+    if int(k) < 1:
+        raise ValueError(f"k must be positive, got {k}")
+    k = min(int(k), s.shape[1])
+    if k == s.shape[1]:
+        return _rank_order(s, descending=True)[0]
+    values, index = torch.topk(s, k + 1, dim=1)
+    if torch.isnan(values[:, 0]).any():  # topk puts NaN first
+        raise ValueError("score matrix contains NaN: the ranking would be undefined")
+    index = index[:, :k].contiguous()
+    tied = (values[:, 1:] == values[:, :-1]).any(1).nonzero().flatten()
+    step = _block_rows(len(tied), s.shape[1], None, s.device) if len(tied) else 1
+    for b in range(0, len(tied), step):
+        rows = tied[b:b + step]
+        index[rows] = _rank_order(s[rows], descending=True)[0][:, :k].to(index.device)
+    return index
+
+
 def retrieval_metrics(scores, query_pids, gallery_pids, *, ap_convention="noninterp", tie_mode="stable",
                       ks=(1, 5, 10), cmc_max_rank=10, block_rows=None):
-    """Text-to-image retrieval metrics (spec §1) from a (queries x gallery) similarity matrix.
+    """Text-to-image retrieval metrics (docs/evaluation.md §1) from a (queries x gallery) similarity matrix.
 
     Higher score = better; match = same person id. For image-to-text pass ``scores.T`` with the
     image pids as queries. Works on CPU or CUDA tensors (or NumPy arrays) without moving the matrix.
@@ -329,7 +356,7 @@ def retrieval_metrics(scores, query_pids, gallery_pids, *, ap_convention="nonint
 
 def reid_metrics(distmat, q_pids, g_pids, q_camids, g_camids, *, max_rank=50, ap_convention="noninterp",
                  ks=(1, 5, 10), block_rows=None):
-    """Image ReID metrics (spec §2) from a (queries x gallery) distance matrix, lower = better.
+    """Image ReID metrics (docs/evaluation.md §2) from a (queries x gallery) distance matrix, lower = better.
 
     Per query, gallery entries with the same pid and the same camera are removed (they take no rank);
     same pid on another camera is a positive; everything else, distractors (pid 0) included, is a
@@ -393,7 +420,7 @@ _RECORD_CHOICES = {
 
 
 def metrics_record(metrics, **context):
-    """The JSON-ready record of spec §8 for one evaluated checkpoint and score matrix.
+    """The JSON-ready record of docs/evaluation.md §8 for one evaluated checkpoint and score matrix.
 
     Metric values are rounded to two decimals here (and only here). Known context keys (dataset,
     split, direction, similarity, precision, selection_split, row, epoch, seed, noise_rate,
@@ -421,78 +448,3 @@ def metrics_record(metrics, **context):
     rec.update(context)
     return rec
 
-
-# ----------------------------------------------------------------------------------------------
-# Slow reference implementations (for parity tests only)
-# ----------------------------------------------------------------------------------------------
-
-def _reference_ap(hit_ranks, ap_convention):
-    """AP of one query from the 1-based ranks of its hits, straight from spec §1.2."""
-    n = len(hit_ranks)
-    if ap_convention == "noninterp":
-        return sum((i + 1) / r for i, r in enumerate(hit_ranks)) / n
-    total = 0.0
-    for i, r in enumerate(hit_ranks):
-        rho = r - 1
-        p_new = (i + 1) / (rho + 1)
-        p_old = 1.0 if rho == 0 else i / rho
-        total += 0.5 * (p_old + p_new)
-    return total / n
-
-
-def _reference_summary(per_query, ks, n_cmc, n_skipped, gallery_size):
-    """Averages per-query (hit ranks, AP, tied) tuples exactly as the spec words it."""
-    nv = len(per_query)
-    out = {}
-    for k in ks:
-        out[f"R@{k}"] = 100.0 * sum(1 for hits, _, _ in per_query if hits[0] <= min(k, gallery_size)) / nv
-    out["mAP"] = 100.0 * sum(ap for _, ap, _ in per_query) / nv
-    out["mINP"] = 100.0 * sum(len(hits) / hits[-1] for hits, _, _ in per_query) / nv
-    out["cmc"] = [100.0 * sum(1 for hits, _, _ in per_query if hits[0] <= k) / nv for k in range(1, n_cmc + 1)]
-    out["n_queries_valid"] = nv
-    out["n_queries_skipped"] = n_skipped
-    out["tie_diagnostic"] = sum(1 for _, _, tied in per_query if tied)
-    return out
-
-
-def _reference_retrieval(scores, query_pids, gallery_pids, *, ap_convention="noninterp", ks=(1, 5, 10),
-                         cmc_max_rank=10):
-    """Per-query Python loop: sort by (-score, index), list the hit ranks, apply the formulas."""
-    scores = np.asarray(torch.as_tensor(scores).double().cpu()).tolist()
-    qps = [int(x) for x in np.asarray(query_pids).ravel()]
-    gps = [int(x) for x in np.asarray(gallery_pids).ravel()]
-    gallery_size = len(gps)
-    per_query, skipped = [], 0
-    for row, qp in zip(scores, qps):
-        order = sorted(range(gallery_size), key=lambda j: (-row[j], j))
-        hits = [rank + 1 for rank, j in enumerate(order) if gps[j] == qp]
-        if not hits:
-            skipped += 1
-            continue
-        first_score = row[order[hits[0] - 1]]
-        tied = any(row[j] == first_score and gps[j] != qp for j in range(gallery_size))
-        per_query.append((hits, _reference_ap(hits, ap_convention), tied))
-    out = _reference_summary(per_query, ks, min(cmc_max_rank, gallery_size), skipped, gallery_size)
-    out["rSum"] = sum(out[f"R@{k}"] for k in ks)
-    return out
-
-
-def _reference_reid(distmat, q_pids, g_pids, q_camids, g_camids, *, max_rank=50, ap_convention="noninterp",
-                    ks=(1, 5, 10)):
-    """Per-query Python loop: sort by (distance, index), drop same pid + same camera, then as above."""
-    dist = np.asarray(torch.as_tensor(distmat).double().cpu()).tolist()
-    qps, gps = [int(x) for x in np.asarray(q_pids)], [int(x) for x in np.asarray(g_pids)]
-    qcs, gcs = [int(x) for x in np.asarray(q_camids)], [int(x) for x in np.asarray(g_camids)]
-    gallery_size = len(gps)
-    per_query, skipped = [], 0
-    for row, qp, qc in zip(dist, qps, qcs):
-        order = sorted(range(gallery_size), key=lambda j: (row[j], j))
-        kept = [j for j in order if not (gps[j] == qp and gcs[j] == qc)]
-        hits = [rank + 1 for rank, j in enumerate(kept) if gps[j] == qp]
-        if not hits:
-            skipped += 1
-            continue
-        first_dist = row[kept[hits[0] - 1]]
-        tied = any(row[j] == first_dist and gps[j] != qp for j in kept)
-        per_query.append((hits, _reference_ap(hits, ap_convention), tied))
-    return _reference_summary(per_query, ks, min(max_rank, gallery_size), skipped, gallery_size)

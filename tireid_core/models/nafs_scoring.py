@@ -1,22 +1,21 @@
 """NAFS test-time scoring: contextual non-local attention (CNL) score and re-ranking by visual neighbours (RVN).
 
-Spec: ../shared/specs/nafs.md §2.3 (CNL), §5 (test-time similarity, RVN), §7 items 1, 11 and 16 (official-code
-quirks and cost), evaluation.md §3 (tie rule) and §6 (re-ranking is a separate row). Implemented from the spec, not
+Documentation: docs/nafs.md §2.3 (CNL), §5 (test-time similarity, RVN), §7 items 1, 11 and 16 (official-code
+quirks and cost), docs/evaluation.md §3 (tie rule) and §6 (re-ranking is a separate row). Implemented from the spec, not
 from the official code.
 
 Public API
 - :func:`cnl_scores` — S_loc for every (text, image) pair, vectorised over texts and images in bounded blocks.
-- :func:`nafs_test_scores` — S_glob, S_loc and S = S_glob + S_loc (§5).
 - :func:`visual_similarity` — image×image cosine of the global image features, input of RVN (§5).
-- :func:`topk_mask` — top-K membership under the project tie rule (stable, ascending index).
+- :func:`topk_mask` — top-K membership under the project tie rule (metrics.top_k_indices, the metrics' own rule).
 - :func:`rvn_bonus` / :func:`rvn_rerank` — RVN, ``mode="intended"`` (default), ``"official"`` or ``"off"`` (§7 item 1).
 - :func:`cnl_weights` — the attention weights of steps 1–4 for one text (reference loop, attention figures).
-- :func:`cnl_scores_loop`, :func:`rvn_bonus_loop`, :func:`rvn_rerank_loop` — straightforward reference loops (per
-  text; Python sets for RVN) for the parity tests and the benchmark, with the official code's cost structure (§7 item
-  16).
+
+The straightforward reference loops (per text; Python sets for RVN; the official code's cost structure, §7 item 16)
+that the tests and benchmarks compare with live in tests/reference_impl.py, outside the package.
 
 Every function returns new tensors: re-ranked scores are reported as their own row, never folded into the plain result
-(evaluation.md §6).
+(docs/evaluation.md §6).
 """
 from __future__ import annotations
 
@@ -25,11 +24,11 @@ import math
 import torch
 import torch.nn.functional as F
 
-from tireid_core.metrics import cosine_similarity
+from tireid_core.metrics import cosine_similarity, top_k_indices
 
 RVN_MODES = ("off", "intended", "official")
 
-#: Defaults from nafs.md §2.3 / §4 (λ_softmax = 20, LeakyReLU 0.1) and §5 (RVN K = 5, weight 1).
+#: Defaults from docs/nafs.md §2.3 / §4 (λ_softmax = 20, LeakyReLU 0.1) and §5 (RVN K = 5, weight 1).
 CNL_TEMPERATURE = 20.0
 CNL_LEAKY_SLOPE = 0.1
 CNL_EPS = 1e-8
@@ -129,9 +128,9 @@ def _needs_stabilizing(temperature, n_units, values, dtype):
 def cnl_scores(text_units, text_mask, image_units, *, text_values=None, image_values=None,
                temperature=CNL_TEMPERATURE, leaky_slope=CNL_LEAKY_SLOPE, eps=CNL_EPS, chunk=None,
                stabilize=None):
-    """Contextual non-local attention score S_loc(I, T) for every text T and image I (nafs.md §2.3), T × I.
+    """Contextual non-local attention score S_loc(I, T) for every text T and image I (docs/nafs.md §2.3), T × I.
 
-    Inputs (nafs.md §2.1, §2.2: all scales of a modality form one set of units)
+    Inputs (docs/nafs.md §2.1, §2.2: all scales of a modality form one set of units)
     - ``text_units``: T × U × d text **keys** k_w (global unit, sub-sentence units and word units of each caption);
       ``text_values``: T × U × d text values v_w (default: ``text_units``).
     - ``text_mask``: T × U, true for valid units (None = all valid). Masked units take no part in any step; every text
@@ -158,8 +157,8 @@ def cnl_scores(text_units, text_mask, image_units, *, text_values=None, image_va
       (2**20 on CPU, 2**26 on CUDA). Memory is about 3 blocks plus the T × I output and a packed copy of the text
       units, whatever the number of pairs.
 
-    How it is computed (same numbers as the steps above, up to rounding; the tests compare with
-    :func:`cnl_scores_loop`)
+    How it is computed (same numbers as the steps above, up to rounding; the tests compare with the literal loop,
+    tests/reference_impl.py ``cnl_scores_loop``)
     - Keys, queries (step 1) are normalised once; valid units are packed to the front of each text and texts are
       processed sorted by their number of valid units, so a block only carries the units its longest text needs.
     - Step 1 for a block of texts × a block of images is one matrix product; steps 2–4 run in place on that block.
@@ -265,7 +264,7 @@ def cnl_scores(text_units, text_mask, image_units, *, text_values=None, image_va
 
 
 def cnl_weights(queries, keys, *, temperature=CNL_TEMPERATURE, leaky_slope=CNL_LEAKY_SLOPE, eps=CNL_EPS):
-    """Steps 1–4 of nafs.md §2.3 written out literally: the attention a_rw of image units over one text's units.
+    """Steps 1–4 of docs/nafs.md §2.3 written out literally: the attention a_rw of image units over one text's units.
 
     ``queries``: … × R × d L2-normalised image queries; ``keys``: n_word × d L2-normalised keys of the text's valid
     units. Returns … × R × n_word, each row a softmax over the text units. Used by the reference loop and by the
@@ -277,64 +276,17 @@ def cnl_weights(queries, keys, *, temperature=CNL_TEMPERATURE, leaky_slope=CNL_L
     return torch.softmax(temperature * s, dim=-1)  # 4. softmax over text units
 
 
-def cnl_scores_loop(text_units, text_mask, image_units, *, text_values=None, image_values=None,
-                    temperature=CNL_TEMPERATURE, leaky_slope=CNL_LEAKY_SLOPE, eps=CNL_EPS, image_chunk=None):
-    """Reference for :func:`cnl_scores`: one text at a time, the six steps of nafs.md §2.3 written out literally.
-
-    Same arguments and result. Images are processed ``image_chunk`` at a time (None = all at once; 200 reproduces the
-    official loop structure, §7 items 11 and 16: one CNL iteration per text and 200-image chunk). t_r is formed
-    explicitly and the softmax is torch's (max-subtracted).
-    """
-    keys, values, mask, queries, img_values = _cnl_inputs(text_units, text_mask, image_units, text_values,
-                                                           image_values)
-    n_texts = keys.shape[0]
-    n_images = queries.shape[0]
-    step = n_images if image_chunk is None else int(image_chunk)
-    qn = l2_normalize(queries, eps)
-    u_norm = torch.linalg.vector_norm(img_values, dim=-1)  # I × R
-    out = torch.empty(n_texts, n_images, dtype=keys.dtype, device=keys.device)
-    for t in range(n_texts):
-        k = l2_normalize(keys[t, mask[t]], eps)  # n_word × d
-        v = values[t, mask[t]]
-        for i0 in range(0, n_images, step):
-            q, u = qn[i0:i0 + step], img_values[i0:i0 + step]  # Ic × R × d
-            a = cnl_weights(q, k, temperature=temperature, leaky_slope=leaky_slope, eps=eps)  # steps 1-4
-            t_r = l2_normalize(a @ v, eps)  # 5. Ic × R × d
-            t_norm = torch.linalg.vector_norm(t_r, dim=2)
-            cos = (u * t_r).sum(2) / ((u_norm[i0:i0 + step] + eps) * (t_norm + eps))  # 6.
-            out[t, i0:i0 + step] = cos.mean(1)
-    return out
-
-
 def visual_similarity(image_global, eps=1e-12):
-    """Image × image cosine of the global image features: RVN's visual neighbourhoods (nafs.md §5)."""
+    """Image × image cosine of the global image features: RVN's visual neighbourhoods (docs/nafs.md §5)."""
     return cosine_similarity(image_global, image_global, eps=eps)
-
-
-def nafs_test_scores(text_global, image_global, text_units, text_mask, image_units, *, text_values=None,
-                     image_values=None, **cnl_kwargs):
-    """Test-time scores (nafs.md §5): ``global`` = S_glob = cos(f, t), ``local`` = S_loc, ``total`` = their sum.
-
-    ``text_global`` (T × d) and ``image_global`` (I × d) are the BN-neck global features t and f; the remaining
-    arguments go to :func:`cnl_scores`. Equal weights, as in the official test script. The project's cosine (ε = 1e-12
-    added to the norm, metrics.cosine_similarity, computed in float32) is used for S_glob. All three are returned
-    because the evaluator reports each score matrix separately (evaluation.md §1, §6); RVN is applied afterwards with
-    :func:`rvn_rerank`.
-    """
-    s_glob = cosine_similarity(text_global, image_global)
-    s_loc = cnl_scores(text_units, text_mask, image_units, text_values=text_values, image_values=image_values,
-                       **cnl_kwargs)
-    s_glob = s_glob.to(device=s_loc.device, dtype=s_loc.dtype)
-    return {"global": s_glob, "local": s_loc, "total": s_glob + s_loc}
 
 
 # ----------------------------------------------------------------------------------------------
 # RVN
 # ----------------------------------------------------------------------------------------------
 
-def _score_matrix(scores, name, check_nan=False):
-    """2-D float tensor (integers → float64, half types → float32). NaN is checked here only on request: the
-    vectorised top-K finds it for free (torch.topk ranks NaN first)."""
+def _score_matrix(scores, name):
+    """2-D float tensor (integers → float64, half types → float32). NaN is left to the top-K, which rejects it."""
     s = torch.as_tensor(scores)
     if s.ndim != 2 or 0 in s.shape:
         raise ValueError(f"{name} must be a non-empty 2-D matrix, got shape {tuple(s.shape)}")
@@ -342,53 +294,25 @@ def _score_matrix(scores, name, check_nan=False):
         s = s.to(torch.float64)
     elif s.dtype in (torch.float16, torch.bfloat16):
         s = s.float()
-    if check_nan and torch.isnan(s).any():
-        raise ValueError(f"{name} contains NaN: top-K would be undefined")
     return s
 
 
-def _topk_index(scores, k):
-    """Row-wise top-k column indices under the project tie rule (any order within the row; RVN only uses the sets).
-
-    torch.topk's choice among values tied with the k-th is unspecified. Taking k + 1 values shows where a tie straddles
-    the cut (the (k+1)-th value equals the k-th); only those rows are redone with a stable descending sort, whose first
-    k are the rule's set. In every other row the set is {values ≥ the k-th} whichever way topk ordered it.
-    """
-    s = _score_matrix(scores, "scores")
-    n_cols = s.shape[1]
-    k = min(int(k), n_cols)
-    if k < 1:
-        raise ValueError(f"k must be positive, got {k}")
-    if k == n_cols:
-        _score_matrix(s, "scores", check_nan=True)
-        return torch.arange(n_cols, device=s.device).expand(s.shape[0], n_cols).contiguous()
-    values, index = torch.topk(s, k + 1, dim=1)
-    if torch.isnan(values[:, 0]).any():
-        raise ValueError("scores contain NaN: top-K would be undefined")
-    index = index[:, :k].contiguous()
-    straddle = (values[:, k] == values[:, k - 1]).nonzero().flatten()
-    if straddle.numel():
-        index[straddle] = torch.sort(s[straddle], dim=1, descending=True, stable=True).indices[:, :k]
-    return index
-
-
 def topk_mask(scores, k):
-    """Boolean mask of each row's top-``k`` columns under the project tie rule (evaluation.md §3).
+    """Boolean mask of each row's top-``k`` columns under the project tie rule (docs/evaluation.md §3), as a set.
 
-    The set a stable sort by descending score, ties broken by ascending column index, puts first (tested against that
-    definition). ``k`` is clipped to the number of columns; every row gets exactly k. Equal scores (−0.0 and 0.0
-    included) are ties. NaN is rejected.
+    ``k`` is clipped to the number of columns. The rule is :func:`tireid_core.metrics.top_k_indices`, so that RVN and
+    the metrics cannot disagree about ties.
     """
     s = _score_matrix(scores, "scores")
-    index = _topk_index(s, k)
+    index = top_k_indices(s, k)
     return torch.zeros(s.shape, dtype=torch.bool, device=s.device).scatter_(1, index, True)
 
 
-def _check_rvn(t2i_scores, i2i_scores, k, mode, check_nan=False):
+def _check_rvn(t2i_scores, i2i_scores, k, mode):
     if mode not in RVN_MODES:
         raise ValueError(f"mode must be one of {RVN_MODES}, got {mode!r}")
-    s = _score_matrix(t2i_scores, "t2i_scores", check_nan)
-    v = _score_matrix(i2i_scores, "i2i_scores", check_nan).to(s.device)
+    s = _score_matrix(t2i_scores, "t2i_scores")
+    v = _score_matrix(i2i_scores, "i2i_scores").to(s.device)
     n_images = s.shape[1]
     if v.shape != (n_images, n_images):
         raise ValueError(f"i2i_scores must be {n_images} × {n_images} (images of t2i_scores), got {tuple(v.shape)}")
@@ -398,7 +322,7 @@ def _check_rvn(t2i_scores, i2i_scores, k, mode, check_nan=False):
 
 
 def rvn_bonus(t2i_scores, i2i_scores, *, k=RVN_K, mode="intended"):
-    """RVN bonus matrix (texts × images) added to the scores by :func:`rvn_rerank` (nafs.md §5, §7 item 1).
+    """RVN bonus matrix (texts × images) added to the scores by :func:`rvn_rerank` (docs/nafs.md §5, §7 item 1).
 
     ``t2i_scores``: S, texts × images (S_glob + S_loc). ``i2i_scores``: images × images visual similarity
     (:func:`visual_similarity`). Top-K sets use the project tie rule (:func:`topk_mask`); K is clipped to the number
@@ -424,7 +348,7 @@ def rvn_bonus(t2i_scores, i2i_scores, *, k=RVN_K, mode="intended"):
         return torch.zeros_like(s)
     if mode == "intended":
         kk = min(k, n_images)
-        near = _topk_index(s, kk)  # T × K: N(T)
+        near = top_k_indices(s, kk)  # T × K: N(T)
         in_v = topk_mask(v, kk).T.to(torch.uint8).contiguous()  # in_v[j, i] = 1 if j ∈ V(i)
         inter = in_v.index_select(0, near[:, 0])
         for c in range(1, kk):
@@ -434,8 +358,8 @@ def rvn_bonus(t2i_scores, i2i_scores, *, k=RVN_K, mode="intended"):
     k_txt, k_img = min(k, n_texts), min(k, n_images)
     # a[m, i] = 1 if text m ∈ A(i); rows padded to n_img, since image indices ≥ n_txt cannot collide with a text index.
     a = torch.zeros(max(n_texts, n_images), n_images, dtype=torch.uint8, device=s.device)
-    a.scatter_(0, _topk_index(s.T.contiguous(), k_txt).T, 1)
-    neigh = _topk_index(v, k_img)  # I × K: V(j)
+    a.scatter_(0, top_k_indices(s.T.contiguous(), k_txt).T, 1)
+    neigh = top_k_indices(v, k_img)  # I × K: V(j)
     n_rows = min(n_texts, n_images)  # t2i rows j = columns j of the official n_img × n_txt matrix
     inter = a.index_select(0, neigh[:n_rows, 0])  # inter[j, i] = |A(i) ∩ V(j)|
     for c in range(1, k_img):
@@ -447,61 +371,11 @@ def rvn_bonus(t2i_scores, i2i_scores, *, k=RVN_K, mode="intended"):
 
 
 def rvn_rerank(t2i_scores, i2i_scores, *, k=RVN_K, weight=RVN_WEIGHT, mode="intended"):
-    """S′ = S + weight · :func:`rvn_bonus` (nafs.md §5: K = 5, weight 1 in the official code; the paper's own formula
+    """S′ = S + weight · :func:`rvn_bonus` (docs/nafs.md §5: K = 5, weight 1 in the official code; the paper's own formula
     and weight are unknown, §9 item 1). Returns a new texts × images matrix; the input is left untouched so that the
-    plain and the re-ranked results are reported as separate rows (evaluation.md §6). The bonus takes few distinct
+    plain and the re-ranked results are reported as separate rows (docs/evaluation.md §6). The bonus takes few distinct
     values, so ties become likely: rank the result with the project tie rule (metrics.retrieval_metrics does).
     """
     s = _score_matrix(t2i_scores, "t2i_scores")
     return s + weight * rvn_bonus(s, i2i_scores, k=k, mode=mode)
 
-
-# ----------------------------------------------------------------------------------------------
-# RVN reference loops (Python sets)
-# ----------------------------------------------------------------------------------------------
-
-def _topk_set(row, k):
-    """Top-k indices of a Python list under the tie rule: sort by (−score, index)."""
-    return set(sorted(range(len(row)), key=lambda j: (-row[j], j))[:k])
-
-
-def rvn_bonus_loop(t2i_scores, i2i_scores, *, k=RVN_K, mode="intended", rows=None):
-    """Reference for :func:`rvn_bonus` with Python sets, one pair at a time (the official cost structure, §7 item 16).
-
-    ``rows`` restricts the outer loop (timing on a subset): text indices for ``"intended"``, image indices (rows of
-    the official n_img × n_txt matrix) for ``"official"``; entries not computed are NaN.
-    """
-    s, v, k = _check_rvn(t2i_scores, i2i_scores, k, mode, check_nan=True)
-    n_texts, n_images = s.shape
-    if mode == "off":
-        return torch.zeros_like(s)
-    sc = s.cpu().tolist()
-    k_img = min(k, n_images)
-    neigh = [_topk_set(row, k_img) for row in v.cpu().tolist()]  # V(i)
-    inter = torch.full((n_texts, n_images), -1, dtype=torch.long)
-    union = torch.ones(n_texts, n_images, dtype=torch.long)
-    if mode == "intended":
-        for t in (range(n_texts) if rows is None else rows):
-            near = _topk_set(sc[t], k_img)
-            for i in range(n_images):
-                inter[t, i] = len(near & neigh[i])
-                union[t, i] = len(near | neigh[i])
-    else:
-        k_txt = min(k, n_texts)
-        for i in (range(n_images) if rows is None else rows):
-            texts = _topk_set([sc[t][i] for t in range(n_texts)], k_txt)  # A(i): text indices
-            for j in range(n_images):
-                if j < n_texts:  # column j of the n_img × n_txt matrix, read as image j's neighbours
-                    inter[j, i] = len(texts & neigh[j])
-                    union[j, i] = len(texts | neigh[j])
-            for j in range(n_images, n_texts):
-                inter[j, i] = 0
-    bonus = inter.to(s.dtype) / union.to(s.dtype)
-    bonus[inter < 0] = float("nan")
-    return bonus.to(s.device)
-
-
-def rvn_rerank_loop(t2i_scores, i2i_scores, *, k=RVN_K, weight=RVN_WEIGHT, mode="intended", rows=None):
-    """Reference for :func:`rvn_rerank` built on :func:`rvn_bonus_loop`."""
-    s = _score_matrix(t2i_scores, "t2i_scores")
-    return s + weight * rvn_bonus_loop(s, i2i_scores, k=k, mode=mode, rows=rows)
