@@ -21,7 +21,7 @@ test: $(STAMP)
 
 # The paper configuration of the baseline (GPU, real CUHK-PEDES): make paper ROOT=/path/to/CUHK-PEDES
 paper: $(STAMP)
-	PATH=$(CURDIR)/$(BIN):$$PATH $(BIN)/python -m tireid_core.run baseline --profile paper --set baseline.data.root=$(ROOT)
+	PATH=$(CURDIR)/$(BIN):$$PATH $(BIN)/python -m tireid_core.train baseline --row full --profile paper --set baseline.data.root=$(ROOT)
 
 bench: $(STAMP)
 	$(BIN)/python benchmarks/bench_eval.py

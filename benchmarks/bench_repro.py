@@ -89,7 +89,7 @@ def main() -> None:
     groups: dict[str, float] = {}
     for name, seconds in stages:
         print(f"  {name:36s} {seconds:7.1f} s")
-        group = name.split("@")[0].removesuffix("_ablation").removesuffix("_analysis")
+        group = name.split("@")[0].removeprefix("train_").removesuffix("_analysis")
         groups[group] = groups.get(group, 0.0) + seconds
     for group, seconds in groups.items():
         print(f"  {group:36s} {seconds:7.1f} s  ({seconds / first:.0%} of the collection, {seconds / 900:.0%} of 900 s)")

@@ -31,10 +31,11 @@ def tiny_simpedes(tmp_path_factory) -> Path:
 
 @pytest.fixture
 def tiny_params(tmp_path, tiny_simpedes):
-    def make(*sets: str, section: str = "baseline"):
+    def make(*sets: str, section: str = "baseline", row: str | None = None):
         return load_run_params(
             section,
             params_file=REPO / "params.yaml",
+            row=row,
             profile="tiny",
             sets=[f"{section}.out_dir={tmp_path / 'run'}", f"{section}.data.root={tiny_simpedes}", *sets],
         )

@@ -9,14 +9,16 @@ import pytest
 import torch
 import yaml
 
-from tireid_core.engine import build_experiment, fit, resolve_device
-from tireid_core.models import model_builder
+from tireid_core.engine import fit
+from tireid_core.experiment import build_experiment
+from tireid_core.methods import available_methods
+from tireid_core.runtime import resolve_device
 
 REPO = Path(__file__).resolve().parent.parent
 
 
 def _train(params, **kw):
-    exp = build_experiment(params, model_builder("baseline"))
+    exp = build_experiment(params)
     return exp, fit(exp, **kw)
 
 
@@ -75,35 +77,39 @@ def test_device_resolution():
             resolve_device("cuda")
 
 
-@pytest.mark.slow
-def test_ddp_two_cpu_processes_match_single_process(tiny_params, tmp_path, tiny_simpedes):
-    # Exact parity needs the same objective: frozen BN statistics, no dropout, no random flip, float32 (bfloat16
-    # rounding depends on how the batch is split).
-    common = [
-        "baseline.train.freeze_bn=true",
-        "baseline.train.cpu_bf16=false",
-        "baseline.model.text_dropout=0.0",
-        "baseline.data.hflip=false",
-        f"baseline.data.root={tiny_simpedes}",
-    ]
-    env = {**os.environ, "OMP_NUM_THREADS": "1", "PYTHONPATH": str(REPO)}
+def ddp_parity(method: str, params_file: Path, data_root: Path, tmp_path: Path, pythonpath: Path = REPO,
+               extra: tuple = ()) -> None:
+    """Train `method` for one tiny epoch as one process and as 2 gloo processes over the same global batches; the
+    losses and weights must agree. Exact parity needs the same objective: frozen BN statistics, no dropout, no random
+    flip, float32 (bfloat16 rounding depends on how the batch is split)."""
+    common = [f"{method}.train.freeze_bn=true", f"{method}.train.cpu_bf16=false", f"{method}.model.text_dropout=0.0",
+              f"{method}.data.hflip=false", f"{method}.data.root={data_root}", f"{method}.train.epochs=1", *extra]
+    env = {**os.environ, "OMP_NUM_THREADS": "1", "PYTHONPATH": str(pythonpath)}
 
     def run(out, launcher):
-        cmd = [*launcher, "-m", "tireid_core.train", "baseline", "--params", str(REPO / "params.yaml"),
-               "--profile", "tiny", *sum((["--set", s] for s in [*common, f"baseline.out_dir={out}"]), [])]
-        proc = subprocess.run(cmd, env=env, capture_output=True, text=True, timeout=300)
+        cmd = [*launcher, "-m", "tireid_core.train", method, "--row", "full", "--params", str(params_file),
+               "--profile", "tiny", *sum((["--set", s] for s in [*common, f"{method}.out_dir={out}"]), [])]
+        proc = subprocess.run(cmd, env=env, capture_output=True, text=True, timeout=600, cwd=pythonpath)
         assert proc.returncode == 0, proc.stderr[-3000:]
-        return torch.load(out / "checkpoints" / "last.pt", weights_only=True)
+        return torch.load(out / "full" / "checkpoints" / "last.pt", weights_only=True)
 
     single = run(tmp_path / "single", [sys.executable])
     ddp = run(tmp_path / "ddp", [sys.executable, "-m", "torch.distributed.run", "--standalone", "--nproc_per_node", "2"])
     for h1, h2 in zip(single["history"], ddp["history"]):
-        assert h2["train/loss"] == pytest.approx(h1["train/loss"], rel=1e-4, abs=1e-5)
+        for key in h1:
+            if key.startswith("train/"):
+                assert h2[key] == pytest.approx(h1[key], rel=1e-4, abs=1e-5), key
     # Adam normalises gradients, so float-order differences in near-zero gradients move a weight by up to
     # a fraction of one step (lr = 1e-3); a wrong objective would drift by many steps.
     for name, w in single["model"].items():
         if w.is_floating_point():
-            assert torch.allclose(w, ddp["model"][name], atol=1e-3, rtol=0), name
+            assert torch.allclose(w, ddp["model"][name], atol=2e-3, rtol=0), name
+
+
+@pytest.mark.slow
+@pytest.mark.parametrize("method", available_methods())
+def test_ddp_two_cpu_processes_match_single_process(method, tmp_path, tiny_simpedes):
+    ddp_parity(method, REPO / "params.yaml", tiny_simpedes, tmp_path)
 
 
 def test_image_cache_gives_the_same_run(tiny_params, tmp_path):
@@ -144,7 +150,7 @@ def test_channels_last_run_uses_nhwc_weights(tiny_params, tmp_path):
 @pytest.mark.parametrize("method", ["baseline", "ssan", "nafs"])
 def test_channels_last_gives_the_same_image_features(tiny_params, method):
     """NHWC is a layout, not a different model: stripes, pooling and heads see the same numbers."""
-    exp = build_experiment(tiny_params(section=method), model_builder(method))
+    exp = build_experiment(tiny_params(section=method))
     model = exp.model.eval()
     images = torch.randn(3, 3, exp.params.data.height, exp.params.data.width)
     with torch.no_grad():
@@ -155,10 +161,20 @@ def test_channels_last_gives_the_same_image_features(tiny_params, method):
     assert torch.allclose(flat(nchw), flat(nhwc), atol=1e-5, rtol=1e-4)
 
 
+BF16 = torch.ops.mkldnn._is_mkldnn_bf16_supported()
+
+
+@pytest.mark.skipif(BF16, reason="this CPU supports bfloat16")
+def test_cpu_bf16_without_native_support_is_a_clear_error(tiny_params):
+    with pytest.raises(ValueError, match=r"baseline.train.cpu_bf16: this CPU has no native bfloat16"):
+        _train(tiny_params("baseline.train.cpu_bf16=true", "baseline.train.device=cpu"))
+
+
+@pytest.mark.skipif(not BF16, reason="this CPU has no native bfloat16 (AVX512-BF16 or AMX)")
 def test_cpu_bf16_trains_in_bfloat16_and_evaluates_in_float32(tiny_params, tmp_path):
     """train.cpu_bf16: bfloat16 autocast for training steps only; evaluation features stay float32; repeatable."""
     params = tiny_params("baseline.train.cpu_bf16=true", "baseline.train.device=cpu")
-    exp = build_experiment(params, model_builder("baseline"))
+    exp = build_experiment(params)
     seen = {True: set(), False: set()}
     conv = next(m for m in exp.model.modules() if isinstance(m, torch.nn.Conv2d))
     conv.register_forward_hook(lambda mod, inp, out: seen[mod.training].add(out.dtype))
@@ -167,3 +183,31 @@ def test_cpu_bf16_trains_in_bfloat16_and_evaluates_in_float32(tiny_params, tmp_p
     _, again = _train(tiny_params("baseline.train.cpu_bf16=true", "baseline.train.device=cpu",
                                   f"baseline.out_dir={tmp_path / 'again'}"))
     assert first["summary"] == again["summary"]
+
+
+def test_resume_refuses_changed_parameters(tiny_params, tmp_path):
+    out = f"baseline.out_dir={tmp_path / 'r'}"
+    _train(tiny_params(out, "baseline.train.epochs=1"))
+    with pytest.raises(ValueError, match=r"cannot resume with changed parameters \(baseline.train.lr: 0.001 in the "
+                                         r"checkpoint, 0.01 now\)"):
+        _train(tiny_params(out, "baseline.train.epochs=2", "baseline.train.lr=0.01"), resume=True)
+    _, extended = _train(tiny_params(out, "baseline.train.epochs=2"), resume=True)  # more epochs: allowed
+    assert len(extended["history"]) == 2
+
+
+def test_divergence_stops_at_the_first_non_finite_loss(tiny_params):
+    with pytest.raises(RuntimeError, match=r"training diverged at epoch 1, step \d+: loss term\(s\) .*not finite"):
+        _train(tiny_params("baseline.train.lr=1e30", "baseline.train.warmup_epochs=0"))
+
+
+def test_outputs_follow_the_umask(tiny_params):
+    exp, _ = _train(tiny_params())
+    for name in ("metrics.json", "params.resolved.yaml", "history.json"):
+        mode = (exp.run_dir / name).stat().st_mode & 0o777
+        assert mode == 0o666 & ~_umask(), (name, oct(mode))
+
+
+def _umask() -> int:
+    mask = os.umask(0)
+    os.umask(mask)
+    return mask

@@ -1,12 +1,16 @@
 """NAFS model: staircase stripes and shuffling, sub-sentence units (both locality forms), shapes, switches, losses."""
 from pathlib import Path
+from types import SimpleNamespace
 
 import pytest
 import torch
 import torch.nn as nn
 
+from reference_impl import cnl_scores_loop
+from tireid_core.data.pairs import CaptionCollate, text_input
 from tireid_core.data.tokenizers import HFTokenizer, WordTokenizer, WordVocab
 from tireid_core.engine import lr_lambda
+from tireid_core.methods import RetrievalModel, TextNeeds, get_method
 from tireid_core.models.nafs import (
     NAFS,
     Staircase,
@@ -17,7 +21,6 @@ from tireid_core.models.nafs import (
     stripe_sizes,
 )
 from tireid_core.models.backbones import create_backbone
-from tireid_core.models.nafs_scoring import cnl_scores_loop
 from tireid_core.models.text_encoders import TransformerTextEncoder
 from tireid_core.params import ParamsError, load_run_params
 
@@ -30,14 +33,14 @@ CAPTIONS = ["A man in a red shirt, black shoes.", "A woman with long hair; a blu
 def make(*sets, classes=5):
     params = load_run_params("nafs", params_file=REPO / "params.yaml", profile="tiny", sets=list(sets))
     torch.manual_seed(0)
-    return NAFS(params, TOKENIZER.vocab_size, classes, TOKENIZER.cls_id, TOKENIZER.sep_id), params
+    return NAFS(params, TOKENIZER.vocab_size, classes, TOKENIZER), params
 
 
 def batch(b=4):
     ids, mask, pieces = TOKENIZER.encode_batch_pieces(CAPTIONS[:b], 16)
     g = torch.Generator().manual_seed(1)
     return {"image": torch.randn(b, 3, 48, 16, generator=g), "ids": ids, "mask": mask, "pieces": pieces,
-            "label": torch.tensor([0, 0, 1, 2][:b]), "epoch": 0}
+            "label": torch.tensor([0, 0, 1, 2][:b])}
 
 
 # ------------------------------------------------------------------------------------------------ image side
@@ -72,7 +75,7 @@ def test_shuffling_is_undone_and_only_matters_through_borders():
 
 
 def test_staircase_map_sizes_match_the_demo_spec():
-    """nafs.md §10: 48×16 demo input → layer2 24×8 (3 stripes of 8 rows), layer3 12×4 (2 stripes of 6 rows)."""
+    """docs/nafs.md §10: 48×16 demo input → layer2 24×8 (3 stripes of 8 rows), layer3 12×4 (2 stripes of 6 rows)."""
     torch.manual_seed(0)
     backbone = create_backbone("resnet_small", last_stride=1, widths=(8, 8, 16, 16))
     net = Staircase(backbone, "full", 3, 2, shuffle=True).eval()
@@ -163,38 +166,50 @@ def test_masked_single_pass_keeps_locality_and_word_features():
 ], ids=["full", "masked_single_pass", "per_scale", "single_no_locality", "flags"])
 def test_forward_similarities_and_batch_of_one(sets):
     model, p = make(*sets)
+    assert isinstance(model, RetrievalModel)
     b = batch()
-    terms = model(b, p.train)
+    terms = model(b)
     assert {"cmpm", "cmpc", "cont", "loss"} <= set(terms) and torch.isfinite(terms["loss"])
+    torch.testing.assert_close(terms["loss"], sum(v for k, v in terms.items() if k != "loss"))
     terms["loss"].backward()
     assert model.image_net.backbone.stem.conv1.weight.grad is not None
     model.eval()
     with torch.no_grad():
-        img, txt = model.encode_images(b["image"]), model.encode_texts(b["ids"], b["mask"], b["pieces"])
+        img, txt = model.encode_images(b["image"]), model.encode_texts(text_input(b))
+        r, u, d = 1 + model.image_net.n_stripes, model.n_units, p.model.feature_dim
+        assert {k: tuple(v.shape) for k, v in img.items()} == {"global": (4, d), "query": (4, r, d),
+                                                               "value": (4, r, d)}
+        assert {k: tuple(v.shape) for k, v in txt.items()} == {"global": (4, d), "key": (4, u, d),
+                                                               "value": (4, u, d), "unit_mask": (4, u)}
+        assert txt["unit_mask"].dtype == torch.bool
         sims = model.similarities(img, txt)
         assert set(sims) == {"final", "global", "local", "rvn"}
         assert sims["final"].shape == (4, 4)
         torch.testing.assert_close(sims["final"], sims["global"] + sims["local"])
-        # flattened features give the same local scores as the feature dicts
+        # the contract's encoders give the same local scores as the model's own feature functions
         direct = model.local_scores(model.text_features(b["ids"], b["mask"], b["pieces"]), model.image_features(b["image"]))
         torch.testing.assert_close(sims["local"], direct)
     model.train()
     one = {k: (v[:1] if torch.is_tensor(v) else v) for k, v in b.items()}
-    assert torch.isfinite(model(one, p.train)["loss"])  # the official code crashes on a batch of one
+    assert torch.isfinite(model(one)["loss"])  # the official code crashes on a batch of one
 
 
 def test_global_only_has_no_local_units_and_no_cont_term():
     model, p = make("nafs.nafs.scales=global", "nafs.nafs.locality=none")
-    terms = model(batch(), p.train)
+    terms = model(batch())
     assert "cont" not in terms and not hasattr(model, "image_query")
     model.eval()
+    b = batch()
     with torch.no_grad():
-        sims = model.similarities(model.encode_images(batch()["image"]), model.encode_texts(batch()["ids"], batch()["mask"]))
+        img, txt = model.encode_images(b["image"]), model.encode_texts({"ids": b["ids"], "mask": b["mask"]})
+        assert set(img) == set(txt) == {"global"}
+        sims = model.similarities(img, txt)
     assert set(sims) == {"final", "rvn"}
+    assert model.image_unit_slices() == {"whole": slice(0, 1), "branch_2": slice(1, 1), "branch_3": slice(1, 1)}
 
 
 def test_local_score_is_the_cnl_of_the_spec():
-    """S_loc of the model = the literal six-step loop on its own units (nafs.md §2.3)."""
+    """S_loc of the model = the literal six-step loop on its own units (docs/nafs.md §2.3)."""
     model, _ = make()
     model.eval()
     b = batch()
@@ -205,11 +220,20 @@ def test_local_score_is_the_cnl_of_the_spec():
         torch.testing.assert_close(model.local_scores(txt, img), ref, atol=1e-5, rtol=1e-5)
         # unit layout: [global, 2 sub-sentences, words]; caption 2 ("man") has one sub-sentence and one word
         assert txt["unit_mask"][2, :5].tolist() == [True, True, False, True, False]
-        att = cnl_attention(model, model.encode_texts(b["ids"][:1], b["mask"][:1], b["pieces"][:1]),
-                            model.encode_images(b["image"][:1]))
+        att = cnl_attention(model, txt, img, text=2, image=1)
+        single = cnl_attention(model, model.encode_texts({k: v[2:3] for k, v in text_input(b).items()}),
+                               model.encode_images(b["image"][1:2]))
     assert att.shape == (6, model.n_units)
     torch.testing.assert_close(att.sum(1), torch.ones(6))
-    assert (att[:, ~txt["unit_mask"][0]] == 0).all()
+    assert (att[:, ~txt["unit_mask"][2]] == 0).all()
+    torch.testing.assert_close(single, att, atol=1e-6, rtol=1e-5)  # text=i, image=j pick rows of the dicts
+    other = cnl_attention(model, txt, img, text=0, image=1)
+    assert not torch.allclose(other, att)
+    # the unit layouts the analyses read
+    units = model.text_unit_slices()
+    assert units == {"global": slice(0, 1), "sub_sentences": slice(1, 3), "words": slice(3, None)}
+    assert torch.arange(model.n_units)[units["words"]].numel() == model.max_words - 1  # word positions 1..
+    assert model.image_unit_slices() == {"whole": slice(0, 1), "branch_2": slice(1, 4), "branch_3": slice(4, 6)}
 
 
 def test_optimizer_groups_follow_the_recipe():
@@ -239,9 +263,11 @@ def test_params_reject_inconsistent_switches():
                                                                            "nafs.nafs.scales=single"])
     with pytest.raises(ParamsError, match="nafs.nafs.locality"):
         load_run_params("nafs", params_file=REPO / "params.yaml", sets=["nafs.nafs.locality=window"])
+    with pytest.raises(ParamsError, match=r"nafs\.model\.text_encoder"):
+        load_run_params("nafs", params_file=REPO / "params.yaml", sets=["nafs.model.text_encoder=bilstm"])
     params = load_run_params("nafs", params_file=REPO / "params.yaml", sets=["nafs.model.feature_dim=64"])
     with pytest.raises(ValueError, match="feature_dim"):
-        NAFS(params, 30, 5, 28, 29)
+        NAFS(params, 30, 5, SimpleNamespace(cls_id=28, sep_id=29))
 
 
 def test_bert_text_branch_both_locality_forms(tiny_bert_dir):
@@ -251,11 +277,12 @@ def test_bert_text_branch_both_locality_forms(tiny_bert_dir):
             "nafs.model.text_encoder=bert", f"nafs.model.text_model={tiny_bert_dir}", "nafs.model.feature_dim=32",
             f"nafs.nafs.locality={locality}"])
         torch.manual_seed(0)
-        model = NAFS(params, tok.vocab_size, 5, tok.cls_id, tok.sep_id)
+        model = NAFS(params, tok.vocab_size, 5, tok)
+        assert (model.cls_id, model.sep_id) == (tok.cls_id, tok.sep_id)
         ids, mask, pieces = tok.encode_batch_pieces(["A man, red shirt. long hair", "a woman with a bag"], 16)
         b = {"image": torch.randn(2, 3, 48, 16), "ids": ids, "mask": mask, "pieces": pieces,
-             "label": torch.tensor([0, 1]), "epoch": 0}
-        terms = model(b, params.train)
+             "label": torch.tensor([0, 1])}
+        terms = model(b)
         assert torch.isfinite(terms["loss"])
         txt = model.text_features(ids, mask, pieces)
         assert txt["unit_mask"][0, :3].tolist() == [True, True, True] and txt["unit_mask"][1, :3].tolist() == [True, True, False]
@@ -269,12 +296,34 @@ def test_bert_text_branch_both_locality_forms(tiny_bert_dir):
 
 
 def test_collate_carries_pieces_trimmed_with_the_ids():
-    from tireid_core.data.pairs import CaptionCollate
-
-    collate = CaptionCollate(TOKENIZER, 40, sub_sentences=True)
+    assert NAFS.text_needs == TextNeeds(cls_sep=True, pieces=True) and get_method("nafs").model is NAFS
+    collate = CaptionCollate(TOKENIZER, 40, pieces=True)
     out = collate.tokenize(CAPTIONS)
     assert out["ids"].shape == out["mask"].shape == out["pieces"].shape == (4, 10)  # longest caption: [CLS] + 8 words + [SEP]
     ids, mask, pieces = TOKENIZER.encode_batch_pieces(CAPTIONS, 40)
     assert torch.equal(out["pieces"], pieces[:, :10]) and torch.equal(out["ids"], ids[:, :10])
     plain = CaptionCollate(TOKENIZER, 40).tokenize(CAPTIONS)
     assert set(plain) == {"ids", "mask"}
+
+
+def test_experiment_tokenizes_with_cls_sep_and_pieces(tiny_params):
+    """The method's text needs reach the tokenizer and the collate: [CLS] words [SEP] and sub-sentence indices."""
+    from tireid_core.experiment import build_experiment
+
+    exp = build_experiment(tiny_params(section="nafs"))
+    assert isinstance(exp.model, NAFS)
+    tok = exp.tokenizer
+    assert (exp.model.cls_id, exp.model.sep_id) == (tok.cls_id, tok.sep_id)
+    items = [exp.train_set[i] for i in range(4)]
+    b = exp.collate()(items)
+    assert "pieces" in b and b["pieces"].shape == b["ids"].shape
+    assert (b["ids"][:, 0] == tok.cls_id).all()
+    lengths = b["mask"].sum(1)
+    whole = lengths < exp.params.data.max_words  # a caption cut at max_words may lose [SEP] (docs/nafs.md §2.2)
+    assert whole.any()
+    assert (b["ids"][whole, lengths[whole] - 1] == tok.sep_id).all()
+    words = b["mask"] & (b["ids"] != tok.cls_id) & (b["ids"] != tok.sep_id)
+    assert (b["pieces"][:, 0] == -1).all() and (b["pieces"][words] >= 0).all()
+    exp.model.train()
+    terms = exp.model(b)
+    assert {"cmpm", "cmpc", "cont", "loss"} <= set(terms) and torch.isfinite(terms["loss"])

@@ -1,4 +1,4 @@
-"""Hand-worked checks of SSAN's compound ranking loss (ssan.md §3.2, §7 items 3–7).
+"""Hand-worked checks of SSAN's compound ranking loss (docs/ssan.md §3.2, §7 items 3–7).
 
 Every feature is a 2-D unit vector at a chosen angle, so S_ij = cos(a_i − t_j) exactly (a: images,
 t: captions, w: weak captions; angles in degrees). ℓ = S_neg − S_pos + margin; a negative is semi-hard
@@ -102,7 +102,7 @@ def test_random_semi_hard_choice_is_seeded_and_uniform():
         assert len(hits) == 1
         seen.add(hits[0])
     assert seen == {0, 1}
-    # generator=None draws from the global torch RNG (reseeded by the engine each epoch)
+    # generator=None draws from the global torch RNG (the SSAN model passes its own stream, reseeded by start_epoch)
     torch.manual_seed(123)
     first = strong(a, t, pids)
     torch.manual_seed(123)

@@ -72,6 +72,51 @@ def metrics_table(summary: dict) -> pd.DataFrame:
     return pd.DataFrame(rows).T
 
 
+class FigureSaver:
+    """Writes figures into `folder` (the pipeline's run), or nowhere when `folder` is None (interactive use never
+    overwrites DVC-tracked outputs). Returns the figure, so notebooks still show it."""
+
+    def __init__(self, folder: str | Path | None):
+        self.folder = Path(folder) if folder is not None else None
+
+    def save(self, fig, name: str):
+        if self.folder is not None:
+            save_figure(fig, self.folder / name)
+        return fig
+
+
+def dataset_counts(exp) -> pd.DataFrame:
+    """Training pairs, identities and the val/test query × gallery sizes of an experiment."""
+    def size(s):
+        return f"{len(s.captions)} × {len(s.image_paths)}" if s is not None else "—"
+
+    counts = {"train pairs": len(exp.train_set), "train identities": exp.num_classes,
+              "val queries × gallery": size(exp.val_set), "test queries × gallery": size(exp.test_set)}
+    return pd.Series(counts, name=exp.params.data.dataset).to_frame()
+
+
+def parameter_counts(model) -> pd.DataFrame:
+    """Parameters per top-level module of a model, in millions."""
+    sizes = {name: sum(p.numel() for p in mod.parameters()) for name, mod in model.named_children()}
+    return pd.Series(sizes, name="parameters").to_frame().assign(M=lambda d: (d.parameters / 1e6).round(3))
+
+
+def protocol_line(record: dict) -> str:
+    """One sentence with the conventions of a metrics record (queries, gallery, AP convention, ties)."""
+    return (f"queries: {record['n_queries_valid']} valid, {record['n_queries_skipped']} skipped; gallery "
+            f"{record['gallery_size']}; AP convention: {record['ap_convention']}; tie rule: {record['tie_rule']}; "
+            f"first positive tied with a negative: {record['tie_diagnostic']}")
+
+
+def paper_table(ref: pd.DataFrame, prefix: str) -> pd.DataFrame:
+    """Reported numbers as method × metric (R@1, R@5, R@10 first), methods in their file order."""
+    table = ref.pivot_table(index="method", columns="metric", values="value").reindex(ref.method.unique())
+    order = [k for k in ("R@1", "R@5", "R@10", "mAP", "mINP") if k in table.columns]
+    table = table[order + [c for c in table.columns if c not in order]]
+    table.index = [f"{prefix}: {m}" for m in table.index]
+    return table
+
+
 def save_figure(fig, path: str | Path) -> Path:
     """Write a figure atomically (figures are pipeline outputs too)."""
     from tireid_core.io import atomic_write_bytes
@@ -165,6 +210,22 @@ def attribute_frequency_figure(meta: dict, attributes: list[str]):
     return fig
 
 
+def query_tokens_and_part_labels(root: str | Path, evalset) -> tuple[list[list[str]], list[list[str]]]:
+    """SimPEDES's processed tokens and per-token part labels of every query of a split (the generator's own lookup)."""
+    from tireid_core.data.simpedes import load_meta, token_part_labels
+
+    meta = load_meta(Path(root))
+    reid_raw = json.loads((Path(root) / "reid_raw.json").read_text())
+    tokens = [reid_raw[i]["processed_tokens"][j] for i, j in evalset.caption_refs]
+    labels = [token_part_labels(meta, i, j) for i, j in evalset.caption_refs]
+    return tokens, labels
+
+
+def in_vocabulary(vocab, tokens: list[str]) -> list[bool]:
+    """Which tokens a word vocabulary keeps (out-of-vocabulary words are deleted before the text branch)."""
+    return [len(vocab.encode_tokens([t])) == 1 for t in tokens]
+
+
 def token_label_table(meta: dict, reid_raw: list, image_index: int, caption_index: int = 0) -> pd.DataFrame:
     """The per-token part labels of one caption (what SSAN/CMR attention is scored against)."""
     tokens = reid_raw[image_index]["processed_tokens"][caption_index]
@@ -214,14 +275,10 @@ def tsne_figure(embeddings: dict[str, tuple[torch.Tensor, list[int]]], n_ids: in
     return fig
 
 
-# Which of 6 horizontal stripes a body part occupies in a 12-row map of an upright person (SimPEDES's layout:
-# head in the top sixth, torso in the next two, legs in the next two, shoes at the bottom). Bags hang across
-# torso and legs, so they are not scored.
-EXPECTED_STRIPES_6 = {"head": {0}, "upper": {1, 2}, "lower": {3, 4}, "shoes": {5}}
-
-
-def word_part_agreement(gates: list, labels: list[list[str]], expected=EXPECTED_STRIPES_6) -> dict:
+def word_part_agreement(gates: list, labels: list[list[str]], expected: dict[str, list[int]]) -> dict:
     """Score word→part attention against per-token part labels.
+
+    `expected`: the stripes each body part occupies (`tireid_core.data.simpedes.expected_stripes(K)`).
 
     gates: per caption an (n_words × K) array of gate values; labels: the words' part labels. A labelled word agrees
     when its strongest gate is one of the stripes its part occupies. Returns the agreement, the chance level of a
@@ -256,13 +313,3 @@ def heatmap_figure(matrix, row_labels: list[str], col_labels: list[str], title: 
     ax.set_title(title, fontsize=9)
     ax.tick_params(labelsize=7)
     return ax.figure
-
-
-def ablation_table(rows: dict[str, str | Path], row_labels: dict[str, str] | None = None) -> pd.DataFrame:
-    """Best-on-val test metrics of several runs (their metrics.json files) as one table, in the given order."""
-    out = {}
-    for key, path in rows.items():
-        m = json.loads(Path(path).read_text())
-        label = (row_labels or {}).get(key, key)
-        out[label] = {**m["best"]["test"], "epoch (best on val)": m["best"]["epoch"] + 1}
-    return pd.DataFrame(out).T

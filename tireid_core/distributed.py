@@ -35,16 +35,22 @@ def init_from_env(device: torch.device) -> bool:
 
 
 def gather_with_grad(x: torch.Tensor) -> torch.Tensor:
-    """Concatenate `x` from every rank in rank order; gradients flow back to each rank's part."""
+    """`x` of every rank put back in the order of the global batch; gradients flow back to each rank's part.
+
+    Rank r holds items r, r + W, r + 2W, ... of the global batch (`data.samplers.rank_slice`), so the gathered parts
+    are interleaved again: order-dependent losses (SSAN's mining draws one random key per anchor and candidate) see the
+    batch exactly as one process would. Every rank must hold the same number of items.
+    """
     if not is_distributed():
         return x
     if not x.is_floating_point():
         parts = [torch.empty_like(x) for _ in range(world_size())]
         dist.all_gather(parts, x)
-        return torch.cat(parts)
-    from torch.distributed.nn.functional import all_gather
+    else:
+        from torch.distributed.nn.functional import all_gather
 
-    return torch.cat(all_gather(x))
+        parts = list(all_gather(x))
+    return torch.stack(parts, dim=1).reshape(-1, *x.shape[1:])
 
 
 def mean_over_ranks(values: dict[str, float]) -> dict[str, float]:

@@ -27,7 +27,7 @@ def matching_target(pids_rows: torch.Tensor, pids_cols: torch.Tensor, q_norm: st
     """q_ij = y_ij / ‖y_i‖: the "true matching distribution" of CMPM-style losses over a batch.
 
     `q_norm="l1"` makes each row a distribution (CMPM paper, Zhang & Lu 2018); `"l2"` divides by the row's L2
-    norm, as NAFS's official code does (nafs.md §3, §7 item 2). Rows without a match stay zero.
+    norm, as NAFS's official code does (docs/nafs.md §3, §7 item 2). Rows without a match stay zero.
     """
     if q_norm not in ("l1", "l2"):
         raise ValueError(f"q_norm must be 'l1' or 'l2', got {q_norm!r}")
@@ -68,7 +68,7 @@ def cmpc_loss(
     labels: torch.Tensor,
     class_weights: torch.Tensor,
 ) -> torch.Tensor:
-    """Cross-Modal Projection Classification (Zhang & Lu 2018; NAFS nafs.md §3), both modalities summed.
+    """Cross-Modal Projection Classification (Zhang & Lu 2018; NAFS docs/nafs.md §3), both modalities summed.
 
     Each feature is first projected on its paired feature of the other modality, (f_i · t̂_i) t̂_i, then classified
     by the column-normalised weights Ŵ (d × classes): no bias, no scale, no margin. The projection keeps only the
@@ -90,7 +90,7 @@ def local_matching_loss(
     q_norm: str = "l1",
     eps: float = 1e-8,
 ) -> torch.Tensor:
-    """NAFS's CONT term (nafs.md §3): KL matching on the B × B local scores, image→text only.
+    """NAFS's CONT term (docs/nafs.md §3): KL matching on the B × B local scores, image→text only.
 
     `local_scores[i, j]` = S_loc(image i, text j). p_i = softmax over texts of temperature · S_loc; the target is
     the CMPM one; mean over images. (The official code has the text→image term commented out; so does this.)
@@ -115,7 +115,7 @@ def semi_hard_triplets(
     anchor_ok: torch.Tensor | None = None,
     generator: torch.Generator | None = None,
 ) -> torch.Tensor:
-    """Semi-hard negative mining with one uniformly drawn negative per anchor (SSAN, ssan.md §3.2).
+    """Semi-hard negative mining with one uniformly drawn negative per anchor (SSAN, docs/ssan.md §3.2).
 
     `hinge[a, j]` = neg_aj − pos_a + margin_a (A×N), `valid[a, j]` says whether j may be a negative of
     anchor a (another identity), `margin[a]` is the anchor's margin. The semi-hard set of a is
@@ -152,7 +152,7 @@ def ranking_hinges(
     Anchor a has positive similarity `pos[a]`, candidate negatives `neg[a, :]` (those with `valid[a, j]`)
     and margin `margin[a]`. Returns the 1-D tensor of hinges ℓ_aj = neg_aj − pos_a + margin_a of the
     triplets chosen by `semi_hard_triplets` (all in (0, margin_a), so no clamp is needed). Fallback
-    (ssan.md §3.2): when no anchor yields a triplet, one triplet is used, the *last* anchor with its
+    (docs/ssan.md §3.2): when no anchor yields a triplet, one triplet is used, the *last* anchor with its
     *first* valid negative (lowest index), and its hinge is clamped, [ℓ]₊: 0 (but still in the graph)
     when that negative is easy, ≥ margin when it is hard. "Last anchor" means the last one that could
     have been mined: it has a valid negative and passes `anchor_ok`, so the fallback never brings back
@@ -182,7 +182,7 @@ def ssan_weak_margins(
     lambda_mode: str = "paper",
     weak_gate: float = 0.0,
 ) -> tuple[torch.Tensor, torch.Tensor | None]:
-    """Per-anchor margins α2_i of SSAN's weak term and the gate mask (ssan.md §3.2, §7 items 4–6).
+    """Per-anchor margins α2_i of SSAN's weak term and the gate mask (docs/ssan.md §3.2, §7 items 4–6).
 
     `s_pos` = S(I_i, D_i), `s_weak_pos` = S(I_i, D′_i) (1-D). Epochs (0-based) before `alpha2_start_epoch`:
     α2_i = α1/2 for every anchor and no gate. From then on α2_i = (λ_i + 1)·α1/2 with λ_i detached:
@@ -221,7 +221,7 @@ def compound_ranking_loss(
     reduction: str = "sum",
     generator: torch.Generator | None = None,
 ) -> torch.Tensor:
-    """SSAN's Compound Ranking (CR) loss (Ding et al. 2021; ssan.md §3.2, quirks §7 items 3–7).
+    """SSAN's Compound Ranking (CR) loss (Ding et al. 2021; docs/ssan.md §3.2, quirks §7 items 3–7).
 
     img, txt, weak_txt: B×D features of the images I_i, their own captions D_i and their weak captions
     D′_i (a caption of another image of the same identity; None with weak_term=False); pids: B labels. Features are L2-normalised
@@ -245,7 +245,7 @@ def compound_ranking_loss(
     - Fallback: each direction of each term falls back on its own, independently, to one triplet (last
       anchor, its first negative, hinge clamped at 0) when it mines none; see `ranking_hinges`. This
       reads the spec's "batch yields no triplet" per direction, since mining runs separately per
-      direction [inferred from ssan.md §3.2, not checked against the code]; the rule exists there to avoid
+      direction [inferred from docs/ssan.md §3.2, not checked against the code]; the rule exists there to avoid
       an empty tensor. In the weak term the fallback anchor is the last *ungated* one; with every anchor
       gated a direction contributes nothing.
     - reduction: "sum" (official) over all triplets of both directions; "mean" averages the hinges of a

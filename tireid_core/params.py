@@ -22,21 +22,38 @@ class ParamsError(ValueError):
     """A parameter file or value is wrong; the message names the file and/or dotted key."""
 
 
+def _positive(obj: Any, key: str, *names: str) -> None:
+    for name in names:
+        if getattr(obj, name) <= 0:
+            raise ParamsError(f"{key}.{name}: must be positive, got {getattr(obj, name)!r}")
+
+
 @dataclass
 class DataParams:
-    dataset: str = "simpedes"  # a name known to tireid_core.data.datasets.load_text_image_dataset
+    dataset: str = "simpedes"  # a name known to tireid_core.data.datasets (text-image or image-ReID)
     root: str = "data/simpedes"
     height: int = 96
     width: int = 32
     hflip: bool = True  # random horizontal flip during training
     normalize: Literal["imagenet", "half"] = "imagenet"  # "half": mean = std = 0.5 per channel (SSAN's code)
-    weak_caption: bool = False  # attach a caption of another image of the same identity (SSAN weak positive)
     max_words: int = 48  # tokens per caption, special tokens included
-    cls_sep_tokens: bool = False  # word vocabulary: wrap captions as [CLS] words [SEP] (BERT layout; NAFS demo)
-    sub_sentences: bool = False  # batches carry each token's sub-sentence index (NAFS locality constraint)
+    # Support sets: each training sample also carries K captions of *other* images of its identity and K other images
+    # of its identity (SSAN's weak caption is support_captions = 1; LCR²S uses both). Identities with too few:
+    # skip = drop them from training (said in a warning), duplicate = draw with replacement, augment = fill with the
+    # sample's own caption / a re-augmented copy of its own image.
+    support_captions: int = 0
+    support_images: int = 0
+    support_policy: Literal["skip", "duplicate", "augment"] = "skip"
+    ids_per_batch: int = 16  # image ReID: P identities x K images per batch (K = batch_size / P)
     num_workers: int = 0
     cache_images: bool = False  # keep decoded, resized images in memory: small datasets are decoded once, not every
     # epoch (with num_workers > 0 each worker fills its own copy for one epoch, so leave it off there)
+
+    def check(self, key: str) -> None:
+        _positive(self, key, "height", "width", "max_words", "ids_per_batch")
+        for name in ("num_workers", "support_captions", "support_images"):
+            if getattr(self, name) < 0:
+                raise ParamsError(f"{key}.{name}: must be >= 0, got {getattr(self, name)!r}")
 
 
 @dataclass
@@ -57,6 +74,12 @@ class ModelParams:
     feature_dim: int = 256
     pooling: Literal["max", "avg"] = "max"
 
+    def check(self, key: str) -> None:
+        _positive(self, key, "word_embed_dim", "text_hidden", "text_layers", "text_heads", "feature_dim",
+                  "word_min_count")
+        if self.last_stride not in (1, 2):
+            raise ParamsError(f"{key}.last_stride: must be 1 or 2, got {self.last_stride!r}")
+
 
 @dataclass
 class TrainParams:
@@ -73,9 +96,6 @@ class TrainParams:
     milestones: list[int] = field(default_factory=list)  # for schedule=step / epoch_multistep
     warmup_factor: float = 0.01  # for schedule=epoch_multistep
     gamma: float = 0.1
-    id_weight: float = 1.0
-    cmpm_weight: float = 1.0
-    cmpm_q_norm: Literal["l1", "l2"] = "l1"
     grad_clip: float = 0.0  # 0 = off
     freeze_bn: bool = False  # BatchNorm layers kept in eval mode (exact DDP parity, fine-tuning)
     selection_split: Literal["val", "test", "last"] = "val"
@@ -85,6 +105,20 @@ class TrainParams:
     channels_last: bool = False  # NHWC image batches and conv weights: faster convolutions on CPU for some models
     log_every: int = 0  # 0 = progress bar only
 
+    def check(self, key: str) -> None:
+        _positive(self, key, "epochs", "batch_size")
+        if not self.lr > 0 or self.lr == float("inf"):
+            raise ParamsError(f"{key}.lr: must be a positive finite number, got {self.lr!r}")
+        if not self.weight_decay >= 0:
+            raise ParamsError(f"{key}.weight_decay: must be >= 0, got {self.weight_decay!r}")
+        if self.batch_size < 2:
+            raise ParamsError(f"{key}.batch_size: ranking/matching losses need at least 2 samples per batch")
+        if self.warmup_epochs < 0 or self.warmup_epochs >= self.epochs and self.epochs > 1:
+            raise ParamsError(f"{key}.warmup_epochs: must be in [0, epochs), got {self.warmup_epochs!r}")
+        if self.device != "auto" and not (self.device == "cpu" or self.device.startswith("cuda")
+                                          or self.device.startswith("mps")):
+            raise ParamsError(f"{key}.device: expected auto, cpu, cuda or cuda:N, got {self.device!r}")
+
 
 @dataclass
 class EvalParams:
@@ -93,77 +127,24 @@ class EvalParams:
     batch_size: int = 128
     retrieval_examples: int = 4
 
+    def check(self, key: str) -> None:
+        _positive(self, key, "batch_size")
+
 
 @dataclass
 class RunParams:
-    out_dir: str = "runs/demo/baseline"
+    """Every method's section: generic data/model/train/eval parts. A method subclasses it to add its own part."""
+
+    out_dir: str = "runs/demo/baseline"  # the method's run folder; each row trains into <out_dir>/<row>
     data: DataParams = field(default_factory=DataParams)
     model: ModelParams = field(default_factory=ModelParams)
     train: TrainParams = field(default_factory=TrainParams)
     eval: EvalParams = field(default_factory=EvalParams)
+    method: str = ""  # filled by load_run_params, written to params.resolved.yaml
+    row: str = ""
 
-
-@dataclass
-class SSANParams:
-    """SSAN switches (ssan.md). Defaults follow the paper; the official code's quirks are named flags (§7)."""
-
-    parts: int = 6  # K horizontal stripes / word-attention parts
-    part_features: bool = True  # PFL + word attention module (WAM)
-    relation: bool = True  # multi-view non-local network (MV-NLN, the paper's PRL)
-    relation_dim: int = 512  # MV-NLN inner and output width
-    leaky_slope: float = 0.25
-    local_weight: float = 0.5  # ID = ID_g + w·(ID_l + ID_n); CR likewise
-    weak_term: bool = True  # compound ranking loss (False = plain ranking loss)
-    alpha1: float = 0.2
-    beta: float = 0.1
-    alpha2_start_epoch: int = 5
-    weak_gate: float = 0.0  # official code: 0.16
-    weak_neg: Literal["main_captions", "weak_captions"] = "main_captions"  # official: weak_captions
-    lambda_mode: Literal["paper", "official_abs"] = "paper"
-    cr_reduction: Literal["sum", "mean"] = "sum"
-    inplace_part_act: bool = False  # official: LeakyReLU in place also activates the returned part features
-    global_pool_includes_padding: bool = False  # official: text max-pool over padded positions too
-
-
-@dataclass
-class SSANRunParams(RunParams):
-    ssan: SSANParams = field(default_factory=SSANParams)
-
-
-@dataclass
-class NAFSParams:
-    """NAFS switches (nafs.md). Defaults follow the paper where it speaks, else the official code (§7)."""
-
-    scales: Literal["global", "single", "full"] = "full"  # global only; + branch-2 stripes; + branch-3 (staircase)
-    part2: int = 3  # stripes of branch 2 (from layer2); paper Fig. 2 draws 2
-    part3: int = 2  # stripes of branch 3 (from layer3); paper Fig. 2 draws 4
-    shuffle: bool = True  # permute stripes during training (identity at test)
-    n_sep: int = 2  # sub-sentence units per caption
-    locality: Literal["separate_passes", "masked_single_pass", "none"] = "separate_passes"
-    alignment: Literal["cnl", "per_scale"] = "cnl"  # one attention over all scales, or within scale pairs
-    unit_norm: Literal["joint", "per_token"] = "joint"  # text key/value LayerNorm over the whole unit block (code)
-    temperature: float = 20.0  # λ of the CNL softmax over text units
-    leaky_slope: float = 0.1
-    cont_weight: float = 0.1  # λ_cont of the local matching term
-    cont_scale: float = 20.0  # the CONT softmax scale on S_loc
-    cmpm_q_norm: Literal["l1", "l2"] = "l1"  # CMPM paper (l1) or official code (l2), for CMPM and CONT
-    cmpc: bool = True
-    # Not in NAFS: an ID loss on the global features (classifier shared by both modalities). The paper starts from
-    # ImageNet/BERT weights; from random init CMPM + CMPC sit at the uniform-prediction plateau, so the CPU demo uses
-    # this as its stand-in for pretrained features. 0 = the paper's loss.
-    id_weight: float = 0.0
-    rvn_mode: Literal["off", "intended", "official"] = "intended"
-    rvn_k: int = 5
-    rvn_weight: float = 1.0
-
-
-@dataclass
-class NAFSRunParams(RunParams):
-    nafs: NAFSParams = field(default_factory=NAFSParams)
-
-
-# Which parameter class validates which params.yaml section.
-SECTION_PARAMS: dict[str, type] = {"baseline": RunParams, "ssan": SSANRunParams, "nafs": NAFSRunParams}
+    def check(self, key: str) -> None:
+        """Cross-field checks of a method go in its subclass's `check` (call super().check first)."""
 
 
 def _check_value(value: Any, annotation: Any, key: str) -> Any:
@@ -213,45 +194,9 @@ def from_dict(cls: type, data: Any, key: str):
         raise ParamsError(f"{key}.{unknown[0]}: unknown key (known keys: {', '.join(sorted(known))})")
     kwargs = {name: _check_value(v, hints[name], f"{key}.{name}") for name, v in data.items()}
     obj = cls(**kwargs)
-    _check_ranges(obj, key)
+    if hasattr(obj, "check"):
+        obj.check(key)
     return obj
-
-
-def _check_ranges(obj: Any, key: str) -> None:
-    """Value checks that a type cannot express."""
-    positive = {
-        DataParams: ("height", "width", "max_words"),
-        ModelParams: ("word_embed_dim", "text_hidden", "text_layers", "text_heads", "feature_dim", "word_min_count"),
-        TrainParams: ("epochs", "batch_size"),
-        EvalParams: ("batch_size",),
-    }.get(type(obj), ())
-    for name in positive:
-        if getattr(obj, name) <= 0:
-            raise ParamsError(f"{key}.{name}: must be positive, got {getattr(obj, name)!r}")
-    if isinstance(obj, TrainParams):
-        if obj.lr <= 0:
-            raise ParamsError(f"{key}.lr: must be positive, got {obj.lr!r}")
-        if obj.batch_size < 2:
-            raise ParamsError(f"{key}.batch_size: ranking/matching losses need at least 2 samples per batch")
-        if obj.warmup_epochs < 0 or obj.warmup_epochs >= obj.epochs and obj.epochs > 1:
-            raise ParamsError(f"{key}.warmup_epochs: must be in [0, epochs), got {obj.warmup_epochs!r}")
-    if isinstance(obj, SSANParams):
-        for name in ("parts", "relation_dim"):
-            if getattr(obj, name) <= 0:
-                raise ParamsError(f"{key}.{name}: must be positive, got {getattr(obj, name)!r}")
-        if obj.relation and not obj.part_features:
-            raise ParamsError(f"{key}.relation: the non-local module needs part_features: true")
-    if isinstance(obj, NAFSParams):
-        for name in ("part2", "part3", "n_sep", "rvn_k"):
-            if getattr(obj, name) <= 0:
-                raise ParamsError(f"{key}.{name}: must be positive, got {getattr(obj, name)!r}")
-        if obj.alignment == "per_scale" and (obj.scales != "full" or obj.locality == "none"):
-            raise ParamsError(f"{key}.alignment: per_scale pairs image scales with text scales and needs "
-                              "scales: full and a locality mode other than none")
-    if isinstance(obj, ModelParams) and obj.last_stride not in (1, 2):
-        raise ParamsError(f"{key}.last_stride: must be 1 or 2, got {obj.last_stride!r}")
-    if isinstance(obj, DataParams) and obj.num_workers < 0:
-        raise ParamsError(f"{key}.num_workers: must be >= 0, got {obj.num_workers!r}")
 
 
 def deep_merge(base: dict, override: dict) -> dict:
@@ -280,6 +225,21 @@ def read_yaml(path: str | Path) -> dict:
     return data
 
 
+def _parse_value(option: str, raw: str) -> Any:
+    """A --set value as YAML; plain scientific notation (1e-3, which YAML 1.1 reads as a string) as a number."""
+    try:
+        value = yaml.safe_load(raw)
+    except yaml.YAMLError as err:
+        problem = str(err).splitlines()[0]
+        raise ParamsError(f"--set {option}: the value {raw!r} is not valid YAML ({problem})") from None
+    if isinstance(value, str):
+        try:
+            return float(value) if any(c in value.lower() for c in "e.") else value
+        except ValueError:
+            return value
+    return value
+
+
 def parse_set(assignments: list[str]) -> dict:
     """Turn ``["baseline.train.lr=0.01", ...]`` into a nested override dict (values parsed as YAML)."""
     out: dict = {}
@@ -291,19 +251,31 @@ def parse_set(assignments: list[str]) -> dict:
         parts = key.strip().split(".")
         for p in parts[:-1]:
             node = node.setdefault(p, {})
-        node[parts[-1]] = yaml.safe_load(raw)
+            if not isinstance(node, dict):
+                raise ParamsError(f"--set {item!r}: {key.strip()} sets a key inside a value that was also set")
+        node[parts[-1]] = _parse_value(item, raw)
     return out
 
 
-def load_section(
-    section: str,
-    params_file: str | Path = "params.yaml",
-    profile: str = "demo",
-    sets: list[str] | None = None,
-    configs_dir: str | Path | None = None,
-) -> dict:
-    """Resolve one section: params.yaml, then configs/<profile>.yaml, then --set overrides."""
-    params_file = Path(params_file)
+def find_repo_root(start: str | Path | None = None) -> Path:
+    """The nearest folder at or above `start` (default: the working directory) that holds params.yaml and dvc.yaml:
+    notebooks opened in JupyterLab run in notebooks/, the pipeline in the repository root."""
+    here = Path(start or Path.cwd()).resolve()
+    for folder in (here, *here.parents):
+        if (folder / "params.yaml").exists() and (folder / "dvc.yaml").exists():
+            return folder
+    raise ParamsError(f"no params.yaml with a dvc.yaml beside it at or above {here}")
+
+
+def resolve_params_file(params_file: str | Path | None) -> Path:
+    """`params_file` as given, or the repository's params.yaml when None."""
+    return Path(params_file) if params_file is not None else find_repo_root() / "params.yaml"
+
+
+def load_sections(params_file: str | Path | None = None, profile: str = "demo", sets: list[str] | None = None,
+                  configs_dir: str | Path | None = None) -> dict:
+    """All sections: params.yaml, then configs/<profile>.yaml, then --set overrides."""
+    params_file = resolve_params_file(params_file)
     data = read_yaml(params_file)
     if profile != "demo":
         cdir = Path(configs_dir) if configs_dir else params_file.parent / "configs"
@@ -314,23 +286,105 @@ def load_section(
         data = deep_merge(data, read_yaml(profile_file))
     if sets:
         data = deep_merge(data, parse_set(sets))
+    return data
+
+
+def load_section(section: str, params_file: str | Path | None = None, **kwargs) -> dict:
+    """One section of `load_sections`."""
+    data = load_sections(params_file, **kwargs)
     if section not in data:
-        raise ParamsError(f"{params_file}: section {section!r} missing (sections: {', '.join(sorted(data))})")
+        raise ParamsError(f"{resolve_params_file(params_file)}: section {section!r} missing "
+                          f"(sections: {', '.join(sorted(data))})")
     return data[section]
 
 
-def load_run_params(section: str, params_file: str | Path = "params.yaml", **kwargs) -> RunParams:
-    """The validated RunParams of a method section (see `load_section` for the layering).
+@dataclass(frozen=True)
+class Row:
+    """One trained configuration of a method (the full model or an ablation row), from ``<method>_rows``."""
 
-    Relative paths (out_dir, data.root) resolve against the params file's folder, so a run does
-    not depend on the working directory it was started from.
+    name: str
+    label: str
+    overrides: dict  # dotted keys inside the method section, e.g. {"ssan.weak_term": False}
+
+
+def method_rows(method: str, params_file: str | Path | None = None, profile: str = "demo",
+                sets: list[str] | None = None) -> dict[str, Row]:
+    """The rows of `method` in params.yaml order: ``<method>_rows: {row: {label: ..., set: {dotted.key: value}}}``."""
+    key = f"{method}_rows"
+    raw = load_section(key, params_file, profile=profile, sets=sets)
+    if not isinstance(raw, dict) or not raw:
+        raise ParamsError(f"{key}: expected a mapping of rows, each with a label and its overrides")
+    rows = {}
+    for name, spec in raw.items():
+        if not isinstance(spec, dict) or not isinstance(spec.get("label"), str):
+            raise ParamsError(f"{key}.{name}: expected {{label: text, set: {{dotted.key: value}}}}")
+        unknown = sorted(set(spec) - {"label", "set"})
+        if unknown:
+            raise ParamsError(f"{key}.{name}.{unknown[0]}: unknown key (known: label, set)")
+        overrides = spec.get("set") or {}
+        if not isinstance(overrides, dict):
+            raise ParamsError(f"{key}.{name}.set: expected a mapping of dotted keys to values")
+        rows[str(name)] = Row(str(name), spec["label"], dict(overrides))
+    return rows
+
+
+def _nest(dotted: dict) -> dict:
+    out: dict = {}
+    for key, value in dotted.items():
+        node = out
+        parts = str(key).split(".")
+        for p in parts[:-1]:
+            node = node.setdefault(p, {})
+        node[parts[-1]] = value
+    return out
+
+
+def _check_set_sections(sets: list[str], method: str, sections: dict) -> None:
+    """A --set key outside the run's method section would be silently unused: refuse it, naming the key."""
+    for item in sets:
+        head = item.split("=", 1)[0].strip().split(".", 1)[0]
+        if head == method or head == f"{method}_rows":
+            continue
+        hint = (f" (did you mean {method}.{item.split('=', 1)[0].strip()}?)"
+                if head in {f.name for f in dataclasses.fields(RunParams)} else "")
+        where = "another section" if head in sections else "no section"
+        raise ParamsError(f"--set {item}: {head!r} is {where} of this run; keys must start with {method!r}{hint}")
+
+
+def load_run_params(method: str, params_file: str | Path | None = None, row: str | None = None,
+                    profile: str = "demo", sets: list[str] | None = None,
+                    configs_dir: str | Path | None = None) -> RunParams:
+    """The validated parameters of one run: the method's section (params.yaml, profile, then the row's overrides,
+    then --set), checked by the method's own parameter class.
+
+    `row` None takes the section as it is, with out_dir as the run folder; a row trains into ``<out_dir>/<row>``.
+    Relative paths (out_dir, data.root) resolve against the params file's folder, so a run does not depend on the
+    working directory it was started from.
     """
-    if section not in SECTION_PARAMS:
-        raise ParamsError(f"{section}: not a method section (known: {', '.join(sorted(SECTION_PARAMS))})")
-    params = from_dict(SECTION_PARAMS[section], load_section(section, params_file=params_file, **kwargs), section)
-    base = Path(params_file).resolve().parent
-    params.out_dir = str(base / params.out_dir)
+    from tireid_core.methods import get_method
+
+    params_file = resolve_params_file(params_file)
+    sets = list(sets or [])
+    sections = load_sections(params_file, profile=profile, configs_dir=configs_dir)
+    _check_set_sections(sets, method, sections)
+    try:
+        spec = get_method(method)
+    except ValueError as err:
+        raise ParamsError(str(err)) from None
+    if method not in sections:
+        raise ParamsError(f"{params_file}: section {method!r} missing (sections: {', '.join(sorted(sections))})")
+    section = sections[method]
+    if row is not None:
+        rows = method_rows(method, params_file, profile=profile, sets=sets)
+        if row not in rows:
+            raise ParamsError(f"{method}_rows: no row {row!r} (rows: {', '.join(rows)})")
+        section = deep_merge(section, _nest(rows[row].overrides))
+    section = deep_merge(section, parse_set(sets).get(method, {}))
+    params = from_dict(spec.params, section, method)
+    base = params_file.resolve().parent
+    params.out_dir = str(base / params.out_dir / (row or ""))
     params.data.root = str(base / params.data.root)
+    params.method, params.row = method, row or ""
     return params
 
 

@@ -4,16 +4,19 @@
     python -m tireid_core.run baseline --profile paper --set baseline.data.root=/data/CUHK-PEDES
     python -m tireid_core.run simpedes_tour --profile tiny
 
-The notebook's `parameters` cell receives `params_file`, `profile` and `sets`; the executed copy
+The notebook's `parameters` cell receives `params_file`, `profile`, `sets` and `save_outputs=True` (figures and
+analysis files are written only then, so a notebook opened in JupyterLab never overwrites pipeline outputs); the
+executed copy
 and its HTML export go to `<out>/<notebook>.ipynb|.html` (default `runs/<profile>/notebooks`).
-Both are written under temporary names and renamed, so a failed run leaves no half-written output.
+The notebook runs in memory and both files are written atomically, so a failed run leaves no half-written output.
 """
 from __future__ import annotations
 
-import argparse
-import os
 import sys
 from pathlib import Path
+
+from tireid_core import cli
+from tireid_core.io import atomic_write_text
 
 REPO = Path(__file__).resolve().parent.parent
 
@@ -22,7 +25,7 @@ def execute_notebook(
     name: str,
     profile: str = "demo",
     sets: list[str] | None = None,
-    params_file: str | Path = "params.yaml",
+    params_file: str | Path | None = None,
     out_dir: str | Path | None = None,
     notebooks_dir: str | Path | None = None,
     html: bool = True,
@@ -39,35 +42,30 @@ def execute_notebook(
     out_dir = Path(out_dir) if out_dir else REPO / "runs" / profile / "notebooks"
     out_dir.mkdir(parents=True, exist_ok=True)
     target = out_dir / f"{name}.ipynb"
-    tmp = out_dir / f".{name}.running.ipynb"
-    parameters = {"params_file": str(Path(params_file).resolve()), "profile": profile, "sets": list(sets or [])}
-    try:
-        pm.execute_notebook(str(source), str(tmp), parameters=parameters, cwd=str(REPO), kernel_name="python3",
-                            progress_bar=False)
-        os.replace(tmp, target)
-    except BaseException:
-        tmp.unlink(missing_ok=True)
-        raise
+    params_file = Path(params_file).resolve() if params_file else REPO / "params.yaml"
+    parameters = {"params_file": str(params_file), "profile": profile, "sets": list(sets or []), "save_outputs": True}
+    # Executed in memory and written once at the end: a failed run leaves the previous output intact.
+    nb = pm.execute_notebook(str(source), None, parameters=parameters, cwd=str(REPO), kernel_name="python3",
+                             progress_bar=False)
+    atomic_write_text(target, nbformat.writes(nb))
     if html:
-        body, _ = HTMLExporter().from_notebook_node(nbformat.read(target, as_version=4))
-        from tireid_core.io import atomic_write_text
-
+        body, _ = HTMLExporter().from_notebook_node(nb)
         atomic_write_text(out_dir / f"{name}.html", body)
     return target
 
 
 def main(argv: list[str] | None = None) -> int:
-    ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    ap = cli.parser(__doc__)
     ap.add_argument("notebook", help="notebook name in notebooks/, without .ipynb")
-    ap.add_argument("--profile", default="demo")
-    ap.add_argument("--params", default="params.yaml")
-    ap.add_argument("--set", dest="sets", action="append", default=[])
     ap.add_argument("--out", default=None, help="folder for the executed notebook (default runs/<profile>/notebooks)")
     ap.add_argument("--no-html", action="store_true")
-    args = ap.parse_args(argv)
-    target = execute_notebook(args.notebook, args.profile, args.sets, args.params, args.out, html=not args.no_html)
-    print(f"executed {target}")
-    return 0
+
+    def _main(args) -> int:
+        target = execute_notebook(args.notebook, args.profile, args.sets, args.params, args.out, html=not args.no_html)
+        print(f"executed {target}")
+        return 0
+
+    return cli.run_main(_main, ap.parse_args(argv))
 
 
 if __name__ == "__main__":

@@ -1,41 +1,99 @@
-"""Torch datasets over caption pairs and images, and the collate that tokenises a batch."""
+"""Torch datasets over training samples, support sets of the same identity, and the collates that batch them."""
 from __future__ import annotations
 
+import warnings
 from dataclasses import dataclass
 
+import numpy as np
 import torch
 from torch.utils.data import Dataset
 
-from tireid_core.data.records import CaptionPair
+from tireid_core.data.records import CaptionPair, ReIDImage
+
+SUPPORT_POLICIES = ("skip", "duplicate", "augment")
+
+
+def sample_generator(seed: int, epoch: int, index: int) -> torch.Generator:
+    """The random stream of one training sample in one epoch: support draws depend on (seed, epoch, sample) only, so
+    one process, any number of DDP ranks and a resumed run all draw the same support sets."""
+    state = np.random.SeedSequence([seed, epoch, index]).generate_state(2, dtype=np.uint32)
+    return torch.Generator().manual_seed(int(state[0]) << 31 | int(state[1]) >> 1)
+
+
+def _draw(candidates: list[int], k: int, policy: str, generator: torch.Generator) -> list[int | None]:
+    """k picks from `candidates`: without replacement while they last; when fewer than k exist, `duplicate` draws the
+    rest with replacement, `augment` (and `skip`, whose short identities were dropped) leaves None = the sample itself.
+    """
+    pool, picks = list(candidates), []
+    for _ in range(min(k, len(pool))):
+        picks.append(pool.pop(int(torch.randint(len(pool), (), generator=generator))))
+    while len(picks) < k:
+        if policy == "duplicate" and candidates:
+            picks.append(candidates[int(torch.randint(len(candidates), (), generator=generator))])
+        else:
+            picks.append(None)
+    return picks
+
+
+def support_images_needed(support_captions: int, support_images: int) -> int:
+    """Other images an identity needs under the `skip` policy: one for any caption support, K for K image supports."""
+    return max(1 if support_captions else 0, support_images)
+
+
+def drop_short_identities(pairs: list[CaptionPair], needed: int) -> list[CaptionPair]:
+    """Remove training identities with fewer than `needed` other images (SSAN drops CUHK-PEDES ids 1369, 4116,
+    6116, which have a single image). Says what it dropped."""
+    images: dict[int, set] = {}
+    for p in pairs:
+        images.setdefault(p.pid, set()).add(p.image_index)
+    short = sorted(pid for pid, imgs in images.items() if len(imgs) - 1 < needed)
+    if short:
+        warnings.warn(f"support sets: dropping {len(short)} training identities with fewer than {needed} other "
+                      f"images: {short[:20]}", stacklevel=2)
+    dropped = set(short)
+    return [p for p in pairs if p.pid not in dropped]
 
 
 class PairDataset(Dataset):
     """(image, caption, label) items; labels are dense train ids (raw pid kept for evaluation).
 
-    With `weak_caption=True` each item also carries a caption drawn uniformly from the captions of the
-    *other images* of the same identity (SSAN's weak positive; never the same image's second caption).
-    The draw uses torch's global RNG, which the engine reseeds every epoch, so runs and resumes repeat it.
+    Support sets: with `support_captions` = K each item also carries K captions drawn from the captions of the *other
+    images* of its identity (never its own image's other captions); with `support_images` = K, K other images of its
+    identity. SSAN's weak positive caption is K = 1 captions; LCR²S uses both. See `_draw` for the policy.
     """
 
     def __init__(self, pairs: list[CaptionPair], load_image, label_of_pid: dict[int, int] | None = None,
-                 weak_caption: bool = False):
+                 support_captions: int = 0, support_images: int = 0, support_policy: str = "skip"):
+        if support_policy not in SUPPORT_POLICIES:
+            raise ValueError(f"support_policy must be one of {SUPPORT_POLICIES}, got {support_policy!r}")
         self.pairs = pairs
         self.load_image = load_image  # path -> tensor (data.transforms.ImageLoader)
         self.label_of_pid = label_of_pid
-        self.weak_caption = weak_caption
-        self.other_image_captions: list[list[int]] = []
-        if weak_caption:
+        self.support_captions, self.support_images, self.policy = support_captions, support_images, support_policy
+        self.other_captions: list[list[int]] = []  # per pair: pairs of other images of the same identity
+        self.other_images: list[list[int]] = []  # per pair: one pair index per other image of the same identity
+        needed = support_images_needed(support_captions, support_images)
+        if support_captions or support_images:
             by_pid: dict[int, list[int]] = {}
             for i, p in enumerate(pairs):
                 by_pid.setdefault(p.pid, []).append(i)
             for i, p in enumerate(pairs):
                 others = [j for j in by_pid[p.pid] if pairs[j].image_index != p.image_index]
-                if not others:
+                if support_policy == "skip" and len({pairs[j].image_index for j in others}) < needed:
                     raise ValueError(
-                        f"identity {p.pid} has a single image ({p.path}); weak captions need another image of the "
-                        "same identity (drop such identities first: engine.drop_single_image_ids)"
-                    )
-                self.other_image_captions.append(others)
+                        f"identity {p.pid} has too few other images for a support set ({p.path}); drop such "
+                        "identities first (data.pairs.drop_short_identities) or use another data.support_policy")
+                self.other_captions.append(others)
+                first_of_image: dict[int, int] = {}
+                for j in others:
+                    first_of_image.setdefault(pairs[j].image_index, j)
+                self.other_images.append(list(first_of_image.values()))
+
+        self.seed, self.epoch = 0, 0
+
+    def start_epoch(self, seed: int, epoch: int) -> None:
+        """Support draws of this epoch (see `sample_generator`)."""
+        self.seed, self.epoch = seed, epoch
 
     def __len__(self) -> int:
         return len(self.pairs)
@@ -44,14 +102,21 @@ class PairDataset(Dataset):
         p = self.pairs[i]
         label = self.label_of_pid[p.pid] if self.label_of_pid is not None else -1
         item = {"image": self.load_image(p.path), "caption": p.caption, "label": label, "pid": p.pid, "index": i}
-        if self.weak_caption:
-            others = self.other_image_captions[i]
-            item["weak_caption"] = self.pairs[others[int(torch.randint(len(others), ()))]].caption
+        if not (self.support_captions or self.support_images):
+            return item
+        generator = sample_generator(self.seed, self.epoch, i)
+        if self.support_captions:
+            picks = _draw(self.other_captions[i], self.support_captions, self.policy, generator)
+            item["support_captions"] = [self.pairs[j].caption if j is not None else p.caption for j in picks]
+        if self.support_images:
+            picks = _draw(self.other_images[i], self.support_images, self.policy, generator)
+            item["support_images"] = torch.stack(
+                [self.load_image(self.pairs[j].path if j is not None else p.path) for j in picks])
         return item
 
 
 class ImageDataset(Dataset):
-    """Unique gallery images (each test image once)."""
+    """Images by path (each gallery image once)."""
 
     def __init__(self, paths: list, load_image):
         self.paths = paths
@@ -64,6 +129,26 @@ class ImageDataset(Dataset):
         return self.load_image(self.paths[i])
 
 
+class ReIDTrainDataset(Dataset):
+    """(image, label, camera) items of an image-ReID training split."""
+
+    def __init__(self, images: list[ReIDImage], load_image, label_of_pid: dict[int, int]):
+        self.images = images
+        self.load_image = load_image
+        self.label_of_pid = label_of_pid
+
+    def start_epoch(self, seed: int, epoch: int) -> None:
+        """Nothing is drawn per sample here (the same interface as `PairDataset`)."""
+
+    def __len__(self) -> int:
+        return len(self.images)
+
+    def __getitem__(self, i: int) -> dict:
+        im = self.images[i]
+        return {"image": self.load_image(im.path), "label": self.label_of_pid[im.pid], "pid": im.pid,
+                "camid": im.camid, "index": i}
+
+
 def _trim(*tensors: torch.Tensor, mask: torch.Tensor) -> tuple[torch.Tensor, ...]:
     """Drop padding columns beyond the batch's longest caption (every model masks padding, so only time changes)."""
     length = max(int(mask.sum(1).max()), 1)
@@ -74,16 +159,18 @@ def _trim(*tensors: torch.Tensor, mask: torch.Tensor) -> tuple[torch.Tensor, ...
 class CaptionCollate:
     """Stack images and tokenise captions of a batch with the run's tokenizer.
 
-    `sub_sentences=True` adds `pieces`, each token's sub-sentence index (NAFS's locality-constrained text).
+    `pieces=True` adds `pieces`, each token's sub-sentence index (NAFS's locality-constrained text). Support captions
+    (K per sample) are tokenised as one (B·K)-row batch, sample-major, under the ``support_`` prefix; support images
+    are stacked B × K × C × H × W.
     """
 
     tokenizer: object
     max_words: int
-    sub_sentences: bool = False
+    pieces: bool = False
 
     def tokenize(self, captions: list, prefix: str = "") -> dict:
-        """{"ids", "mask"[, "pieces"]} of the captions, trimmed to the longest; the keyword arguments of encode_texts."""
-        if self.sub_sentences:
+        """{"ids", "mask"[, "pieces"]} of the captions, trimmed to the longest: the text input of encode_texts."""
+        if self.pieces:
             ids, mask, pieces = self.tokenizer.encode_batch_pieces(captions, self.max_words)
             ids, mask, pieces = _trim(ids, mask, pieces, mask=mask)
             return {f"{prefix}ids": ids, f"{prefix}mask": mask, f"{prefix}pieces": pieces}
@@ -99,6 +186,21 @@ class CaptionCollate:
             "pid": torch.tensor([it["pid"] for it in items]),
             "index": torch.tensor([it["index"] for it in items]),
         }
-        if "weak_caption" in items[0]:
-            batch.update(self.tokenize([it["weak_caption"] for it in items], prefix="weak_"))
+        if "support_captions" in items[0]:
+            batch.update(self.tokenize([c for it in items for c in it["support_captions"]], prefix="support_"))
+        if "support_images" in items[0]:
+            batch["support_images"] = torch.stack([it["support_images"] for it in items])
         return batch
+
+
+def text_input(batch: dict, prefix: str = "") -> dict:
+    """The tokenised text of a batch (``ids``, ``mask`` and ``pieces`` when present) under `prefix`, unprefixed."""
+    return {k[len(prefix):]: v for k, v in batch.items()
+            if k.startswith(prefix) and k[len(prefix):] in ("ids", "mask", "pieces")}
+
+
+def reid_collate(items: list[dict]) -> dict:
+    return {
+        "image": torch.stack([it["image"] for it in items]),
+        **{k: torch.tensor([it[k] for it in items]) for k in ("label", "pid", "camid", "index")},
+    }

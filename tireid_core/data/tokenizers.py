@@ -200,7 +200,7 @@ class HFTokenizer(Tokenizer):
         try:
             self.tokenizer = AutoTokenizer.from_pretrained(name_or_path)
         except OSError as err:
-            from tireid_core.models.text_encoders import hf_offline_help
+            from tireid_core.hub import hf_offline_help
 
             raise RuntimeError(hf_offline_help(name_or_path, "tokenizer") + f"\n({err})") from err
         self.pad_id = self.tokenizer.pad_token_id

@@ -22,7 +22,7 @@ Design
       `market` file counts (`simpedes_sizes`); without meta.json there are no expected sizes.
   Checks that hold for any size (train ids contiguous from the dataset's id base, disjoint splits, caption
   counts per image, RSTPReid's 3,901-id early release) always run. CUHK-PEDES counts equal to the paper
-  figures (80,412 / 68,108 captions) are a WARNING, not an ERROR (§2: report, do not fail).
+  figures (80,412 / 68,108 captions) are a WARNING, not an ERROR (docs/datasets.md §2: report, do not fail).
 - Not checked here: mixing ICFG-PEDES and RSTPReid in one split (both come from MSMT17) is a property of a
   training setup, not of one folder.
 - Images are checked for existence by default (cheap). `--decode-images` also decodes each one fully and

@@ -1,6 +1,6 @@
 """NAFS — contextual non-local alignment over full-scale representations (Gao et al., 2021), top to bottom.
 
-Spec: ../shared/specs/nafs.md. Both modalities become one *set of units* spanning several scales:
+Documentation: docs/nafs.md. Both modalities become one *set of units* spanning several scales:
 - image (§2.1): a staircase ResNet — the global branch, a branch that cuts layer2's map into `part2` stripes, shuffles
   them, runs its own layer3/layer4 copies and un-shuffles, and a branch doing the same with `part3` stripes of the
   global branch's layer3 map through its own layer4 copy. Units: [global, part2 stripes, part3 stripes];
@@ -17,24 +17,72 @@ Ablation switches: `nafs.scales` (global / single / full), `nafs.locality` (none
 from __future__ import annotations
 
 import copy
+from dataclasses import dataclass, field
+from typing import Literal
 
 import torch
 import torch.nn as nn
 import torch.nn.functional as F
 
+from tireid_core.distributed import gather_with_grad
 from tireid_core.losses import cmpc_loss, cmpm_loss, id_loss, local_matching_loss
+from tireid_core.methods import Method, MethodModel, TextNeeds
 from tireid_core.metrics import cosine_similarity
 from tireid_core.models.backbones import Backbone, create_backbone
 from tireid_core.models.nafs_scoring import cnl_scores, cnl_weights, l2_normalize, rvn_rerank, visual_similarity
 from tireid_core.models.text_encoders import create_text_encoder
-from tireid_core.params import NAFSRunParams, TrainParams
+from tireid_core.params import ParamsError, RunParams
+
+
+@dataclass
+class NAFSParams:
+    """NAFS switches (docs/nafs.md). Defaults follow the paper where it speaks, else the official code (§7)."""
+
+    scales: Literal["global", "single", "full"] = "full"  # global only; + branch-2 stripes; + branch-3 (staircase)
+    part2: int = 3  # stripes of branch 2 (from layer2); paper Fig. 2 draws 2
+    part3: int = 2  # stripes of branch 3 (from layer3); paper Fig. 2 draws 4
+    shuffle: bool = True  # permute stripes during training (identity at test)
+    n_sep: int = 2  # sub-sentence units per caption
+    locality: Literal["separate_passes", "masked_single_pass", "none"] = "separate_passes"
+    alignment: Literal["cnl", "per_scale"] = "cnl"  # one attention over all scales, or within scale pairs
+    unit_norm: Literal["joint", "per_token"] = "joint"  # text key/value LayerNorm over the whole unit block (code)
+    temperature: float = 20.0  # λ of the CNL softmax over text units
+    leaky_slope: float = 0.1
+    cont_weight: float = 0.1  # λ_cont of the local matching term
+    cont_scale: float = 20.0  # the CONT softmax scale on S_loc
+    cmpm_q_norm: Literal["l1", "l2"] = "l1"  # CMPM paper (l1) or official code (l2), for CMPM and CONT
+    cmpc: bool = True
+    # Not in NAFS: an ID loss on the global features (classifier shared by both modalities). The paper starts from
+    # ImageNet/BERT weights; from random init CMPM + CMPC sit at the uniform-prediction plateau, so the CPU demo uses
+    # this as its stand-in for pretrained features. 0 = the paper's loss.
+    id_weight: float = 0.0
+    rvn_mode: Literal["off", "intended", "official"] = "intended"
+    rvn_k: int = 5
+    rvn_weight: float = 1.0
+
+
+@dataclass
+class NAFSRunParams(RunParams):
+    nafs: NAFSParams = field(default_factory=NAFSParams)
+
+    def check(self, key: str) -> None:
+        n = self.nafs
+        for name in ("part2", "part3", "n_sep", "rvn_k"):
+            if getattr(n, name) <= 0:
+                raise ParamsError(f"{key}.nafs.{name}: must be positive, got {getattr(n, name)!r}")
+        if n.alignment == "per_scale" and (n.scales != "full" or n.locality == "none"):
+            raise ParamsError(f"{key}.nafs.alignment: per_scale pairs image scales with text scales and needs "
+                              "scales: full and a locality mode other than none")
+        if self.model.text_encoder not in ("transformer", "bert"):
+            raise ParamsError(f"{key}.model.text_encoder: NAFS uses BERT or the small transformer, got "
+                              f"{self.model.text_encoder!r}")
 
 
 # ---------------------------------------------------------------------------------------------------- image side
 
 
 def stripe_sizes(rows: int, parts: int) -> list[int]:
-    """Rows per horizontal stripe: equal stripes, the last takes the remainder (nafs.md §2.1)."""
+    """Rows per horizontal stripe: equal stripes, the last takes the remainder (docs/nafs.md §2.1)."""
     if rows < parts:
         raise ValueError(f"cannot cut a feature map of {rows} rows into {parts} stripes")
     base = rows // parts
@@ -59,7 +107,7 @@ def shuffled_stripes(x: torch.Tensor, parts: int, layers: nn.Module, perm: torch
 
 
 class Staircase(nn.Module):
-    """SfeNet (nafs.md §2.1) built from one backbone; branch copies start from the backbone's (pretrained) weights."""
+    """SfeNet (docs/nafs.md §2.1) built from one backbone; branch copies start from the backbone's (pretrained) weights."""
 
     def __init__(self, backbone: Backbone, scales: str, part2: int, part3: int, shuffle: bool):
         super().__init__()
@@ -96,7 +144,7 @@ class Staircase(nn.Module):
 
 
 class NeckBN(nn.BatchNorm1d):
-    """BatchNorm1d with its bias frozen at zero (BNNeck style, nafs.md §2.1); a training batch of one uses the
+    """BatchNorm1d with its bias frozen at zero (BNNeck style, docs/nafs.md §2.1); a training batch of one uses the
     running statistics instead of failing (the official code crashes there, §7 item 11)."""
 
     def __init__(self, dim: int):
@@ -166,18 +214,17 @@ def single_pass_inputs(ids: torch.Tensor, mask: torch.Tensor, pieces: torch.Tens
 # ---------------------------------------------------------------------------------------------------- the model
 
 
-class NAFS(nn.Module):
-    def __init__(self, params: NAFSRunParams, vocab_size: int, num_classes: int, cls_id: int, sep_id: int):
-        """`cls_id`/`sep_id`: the tokenizer's [CLS] and [SEP] (sub-sentence sequences are built from them)."""
+class NAFS(MethodModel):
+    # Captions as [CLS] words [SEP] (BERT's layout, also with a word vocabulary) and each token's sub-sentence index.
+    text_needs = TextNeeds(cls_sep=True, pieces=True)
+
+    def __init__(self, params: NAFSRunParams, vocab_size: int, num_classes: int, tokenizer):
+        """`tokenizer` gives [CLS] and [SEP] (sub-sentence sequences are built from them)."""
         super().__init__()
         m, n = params.model, params.nafs
         self.n = n
-        self.cls_id, self.sep_id = int(cls_id), int(sep_id)
+        self.cls_id, self.sep_id = int(tokenizer.cls_id), int(tokenizer.sep_id)
         self.max_words = params.data.max_words
-        if n.locality != "none" and not params.data.sub_sentences:
-            raise ValueError("nafs.data.sub_sentences must be true when nafs.nafs.locality is not 'none'")
-        if m.text_encoder not in ("transformer", "bert"):
-            raise ValueError(f"nafs.model.text_encoder: NAFS uses BERT or the small transformer, got {m.text_encoder!r}")
         widths = tuple(m.backbone_widths) if m.backbone_widths else None
         backbone = create_backbone(m.image_backbone, pretrained=m.pretrained, last_stride=m.last_stride, widths=widths)
         self.image_net = Staircase(backbone, n.scales, n.part2, n.part3, n.shuffle)
@@ -190,7 +237,7 @@ class NAFS(nn.Module):
         d = self.text_encoder.out_dim
         if m.feature_dim != d:
             raise ValueError(f"nafs.model.feature_dim ({m.feature_dim}) must equal the text encoder's hidden size ({d}): "
-                             "raw text outputs and the projected global features share one unit set (nafs.md §2.2)")
+                             "raw text outputs and the projected global features share one unit set (docs/nafs.md §2.2)")
         channels = backbone.channels["layer4"]
         self.dim = d
         # Global heads: 1×1 conv (a linear map on the pooled vector) + BN neck, for image and text.
@@ -215,7 +262,7 @@ class NAFS(nn.Module):
             shape = (self.n_units, d) if n.unit_norm == "joint" else (d,)
             self.key_norm, self.value_norm = nn.LayerNorm(shape), nn.LayerNorm(shape)
 
-    # ------------------------------------------------------------------ optimiser groups (nafs.md §4)
+    # ------------------------------------------------------------------ optimiser groups (docs/nafs.md §4)
     def param_groups(self, params) -> list[dict]:
         """Heads and W at the base lr without weight decay; the image network at lr·backbone_lr_mult with weight
         decay; the text encoder at lr·backbone_lr_mult without weight decay."""
@@ -259,7 +306,7 @@ class NAFS(nn.Module):
         out = {"global": t}
         if self.local:
             words = hidden[:, 1:]
-            word_valid = mask[:, 1:] & (ids[:, 1:] != self.sep_id)  # valid wordpieces only (nafs.md §7 item 4)
+            word_valid = mask[:, 1:] & (ids[:, 1:] != self.sep_id)  # valid wordpieces only (docs/nafs.md §7 item 4)
             units = [t[:, None]]
             valid = [torch.ones(b, 1, dtype=torch.bool, device=ids.device)]
             if self.n_sub:
@@ -276,6 +323,18 @@ class NAFS(nn.Module):
             out["unit_mask"] = valid
         return out
 
+    # ------------------------------------------------------------------ unit layout (read by the analyses)
+    def text_unit_slices(self) -> dict[str, slice]:
+        """Where each kind of text unit sits in the unit block [global, sub-sentences (none without locality), words
+        at positions 1.. of the caption]."""
+        return {"global": slice(0, 1), "sub_sentences": slice(1, 1 + self.n_sub), "words": slice(1 + self.n_sub, None)}
+
+    def image_unit_slices(self) -> dict[str, slice]:
+        """Where each scale sits among the image units [whole image, branch-2 stripes, branch-3 stripes]."""
+        p2 = self.n.part2 if self.n.scales != "global" else 0
+        p3 = self.n.part3 if self.n.scales == "full" else 0
+        return {"whole": slice(0, 1), "branch_2": slice(1, 1 + p2), "branch_3": slice(1 + p2, 1 + p2 + p3)}
+
     # ------------------------------------------------------------------ scores
     def unit_groups(self) -> list[tuple[slice, torch.Tensor | None]]:
         """Per-scale alignment: (image unit slice, text unit selector) pairs; one group over everything for CNL."""
@@ -290,7 +349,7 @@ class NAFS(nn.Module):
                 (slice(1, 1 + p2), text_scale == 2)]              # fine stripes (branch 2) ↔ words
 
     def local_scores(self, txt: dict, img: dict) -> torch.Tensor:
-        """S_loc, texts × images (nafs.md §2.3); per-scale alignment averages the groups weighted by image units."""
+        """S_loc, texts × images (docs/nafs.md §2.3); per-scale alignment averages the groups weighted by image units."""
         n, r = self.n, img["query"].shape[1]
         total = 0.0
         for image_units, text_units in self.unit_groups():
@@ -306,42 +365,18 @@ class NAFS(nn.Module):
             total = total + score * (q.shape[1] / r)
         return total
 
-    # ------------------------------------------------------------------ engine interface
-    def encode_images(self, images: torch.Tensor) -> torch.Tensor:
-        """[f | queries (R·d) | values (R·d)]; `similarities` splits it again."""
-        img = self.image_features(images)
-        if not self.local:
-            return img["global"]
-        return torch.cat([img["global"], img["query"].flatten(1), img["value"].flatten(1)], 1)
+    # ------------------------------------------------------------------ the model contract
+    def encode_images(self, images: torch.Tensor) -> dict[str, torch.Tensor]:
+        """global B×d; with local units also query and value B×R×d (R = 1 + stripes)."""
+        return self.image_features(images)
 
-    def encode_texts(self, ids: torch.Tensor, mask: torch.Tensor, pieces: torch.Tensor | None = None) -> torch.Tensor:
-        """[t | keys (U·d) | values (U·d) | unit mask (U)]."""
-        txt = self.text_features(ids, mask, pieces)
-        if not self.local:
-            return txt["global"]
-        return torch.cat([txt["global"], txt["key"].flatten(1), txt["value"].flatten(1), txt["unit_mask"].float()], 1)
-
-    def split_image(self, feats: torch.Tensor) -> dict[str, torch.Tensor]:
-        d = self.dim
-        out = {"global": feats[:, :d]}
-        if self.local:
-            r = self.image_net.n_stripes + 1
-            out["query"] = feats[:, d:d + r * d].reshape(-1, r, d)
-            out["value"] = feats[:, d + r * d:].reshape(-1, r, d)
-        return out
-
-    def split_text(self, feats: torch.Tensor) -> dict[str, torch.Tensor]:
-        d, u = self.dim, getattr(self, "n_units", 0)
-        out = {"global": feats[:, :d]}
-        if self.local:
-            out["key"] = feats[:, d:d + u * d].reshape(-1, u, d)
-            out["value"] = feats[:, d + u * d:d + 2 * u * d].reshape(-1, u, d)
-            out["unit_mask"] = feats[:, d + 2 * u * d:] > 0.5
-        return out
+    def encode_texts(self, text: dict[str, torch.Tensor]) -> dict[str, torch.Tensor]:
+        """global B×d; with local units also key and value B×U×d and unit_mask B×U (bool)."""
+        return self.text_features(text["ids"], text["mask"], text.get("pieces"))
 
     def similarities(self, image_feats: torch.Tensor, text_feats: torch.Tensor) -> dict[str, torch.Tensor]:
-        """"final" = S_glob + S_loc (nafs.md §5), then "global", "local" alone and "rvn" = final re-ranked."""
-        img, txt = self.split_image(image_feats), self.split_text(text_feats)
+        """"final" = S_glob + S_loc (docs/nafs.md §5), then "global", "local" alone and "rvn" = final re-ranked."""
+        img, txt = image_feats, text_feats
         s_glob = cosine_similarity(txt["global"], img["global"])
         out = {"final": s_glob}
         if self.local:
@@ -353,21 +388,26 @@ class NAFS(nn.Module):
         return out
 
     # ------------------------------------------------------------------ training
-    def forward(self, batch: dict, tp: TrainParams) -> dict[str, torch.Tensor]:
+    def forward(self, batch: dict) -> dict[str, torch.Tensor]:
+        """Weighted terms; CMPM, CMPC and CONT see the batch gathered over ranks, the ID stand-in the local batch."""
         n = self.n
         img = self.image_features(batch["image"])
         txt = self.text_features(batch["ids"], batch["mask"], batch.get("pieces"))
         labels = batch["label"]
-        terms = {"cmpm": cmpm_loss(img["global"], txt["global"], labels, q_norm=n.cmpm_q_norm)}
+        all_img = {k: gather_with_grad(v) for k, v in img.items()}
+        all_txt = {k: gather_with_grad(v) for k, v in txt.items()}
+        all_labels = gather_with_grad(labels)
+        terms = {"cmpm": cmpm_loss(all_img["global"], all_txt["global"], all_labels, q_norm=n.cmpm_q_norm)}
         if n.cmpc:
-            terms["cmpc"] = cmpc_loss(img["global"], txt["global"], labels, self.class_weights)
+            terms["cmpc"] = cmpc_loss(all_img["global"], all_txt["global"], all_labels, self.class_weights)
         if n.id_weight:
-            terms["id"] = id_loss(self.id_head(img["global"]), labels) + id_loss(self.id_head(txt["global"]), labels)
+            terms["id"] = n.id_weight * (id_loss(self.id_head(img["global"]), labels)
+                                         + id_loss(self.id_head(txt["global"]), labels))
         if self.local and n.cont_weight:
-            s_loc = self.local_scores(txt, img)  # texts × images
-            terms["cont"] = local_matching_loss(s_loc.t(), labels, temperature=n.cont_scale, q_norm=n.cmpm_q_norm)
-        terms["loss"] = (terms["cmpm"] + terms.get("cmpc", 0.0) + n.cont_weight * terms.get("cont", 0.0)
-                         + n.id_weight * terms.get("id", 0.0))
+            s_loc = self.local_scores(all_txt, all_img)  # texts × images
+            terms["cont"] = n.cont_weight * local_matching_loss(s_loc.t(), all_labels, temperature=n.cont_scale,
+                                                                q_norm=n.cmpm_q_norm)
+        terms["loss"] = terms["cmpm"] + terms.get("cmpc", 0.0) + terms.get("cont", 0.0) + terms.get("id", 0.0)
         return terms
 
 
@@ -375,13 +415,15 @@ class NAFS(nn.Module):
 
 
 @torch.no_grad()
-def cnl_attention(model: NAFS, text_feats: torch.Tensor, image_feats: torch.Tensor) -> torch.Tensor:
-    """The CNL weights a_rw (R × U, zero on masked units) of one text (1 × ·) and one image (1 × ·) features:
+def cnl_attention(model: NAFS, text_feats: dict, image_feats: dict, text: int = 0, image: int = 0) -> torch.Tensor:
+    """The CNL weights a_rw (R × U, zero on masked units) of text `text` over image `image` of the feature dicts:
     which text units each image unit attends to (the paper's Fig. 4)."""
-    img, txt = model.split_image(image_feats), model.split_text(text_feats)
-    valid = txt["unit_mask"][0]
-    queries = l2_normalize(img["query"][0])
-    keys = l2_normalize(txt["key"][0, valid])
+    valid = text_feats["unit_mask"][text]
+    queries = l2_normalize(image_feats["query"][image])
+    keys = l2_normalize(text_feats["key"][text, valid])
     out = queries.new_zeros(queries.shape[0], valid.numel())
     out[:, valid] = cnl_weights(queries, keys, temperature=model.n.temperature, leaky_slope=model.n.leaky_slope)
     return out
+
+
+METHOD = Method("nafs", params=NAFSRunParams, model=NAFS)

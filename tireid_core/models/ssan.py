@@ -1,6 +1,6 @@
 """SSAN — Semantically Self-Aligned Network (Ding et al., 2021), readable top to bottom.
 
-Spec: ../shared/specs/ssan.md. A dual encoder with three kinds of features per modality:
+Documentation: docs/ssan.md. A dual encoder with three kinds of features per modality:
 - global (v_g, t_g): max-pooled backbone map / max over Bi-LSTM word features, through one projection W_g shared
   by image and text;
 - part (v_l^k, t_l^k; PFL + WAM): K horizontal stripes of the image map; on the text side the word attention module
@@ -12,19 +12,67 @@ Losses: ID = ID_g + 0.5·(ID_l + ID_n) with classifiers shared across modalities
 CR = CR_g + 0.5·(CR_l + CR_n) (tireid_core.losses.compound_ranking_loss). Test score: S_g + S_l + S_n.
 
 Switches for the ablation (`ssan.part_features`, `ssan.relation`, `ssan.weak_term`) and the official-code quirks
-(`ssan.inplace_part_act`, `ssan.global_pool_includes_padding`, ...) are parameters; see ssan.md §7.
+(`ssan.inplace_part_act`, `ssan.global_pool_includes_padding`, ...) are parameters; see docs/ssan.md §7.
 """
 from __future__ import annotations
+
+from dataclasses import dataclass, field
+from typing import Literal
 
 import torch
 import torch.nn as nn
 import torch.nn.functional as F
 
+from tireid_core.data.pairs import text_input
+from tireid_core.distributed import gather_with_grad
 from tireid_core.losses import compound_ranking_loss, id_loss
+from tireid_core.methods import Method, MethodModel
 from tireid_core.metrics import cosine_similarity
 from tireid_core.models.backbones import create_backbone
 from tireid_core.models.text_encoders import BiLSTMEncoder, pool_tokens
-from tireid_core.params import SSANRunParams, TrainParams
+from tireid_core.params import ParamsError, RunParams
+
+
+@dataclass
+class SSANParams:
+    """SSAN switches (docs/ssan.md). Defaults follow the paper; the official code's quirks are named flags (§7)."""
+
+    parts: int = 6  # K horizontal stripes / word-attention parts
+    part_features: bool = True  # PFL + word attention module (WAM)
+    relation: bool = True  # multi-view non-local network (MV-NLN, the paper's PRL)
+    relation_dim: int = 512  # MV-NLN inner and output width
+    leaky_slope: float = 0.25
+    id_weight: float = 1.0  # weight of the whole ID term
+    local_weight: float = 0.5  # ID = ID_g + w·(ID_l + ID_n); CR likewise
+    weak_term: bool = True  # compound ranking loss (False = plain ranking loss); needs data.support_captions >= 1
+    alpha1: float = 0.2
+    beta: float = 0.1
+    alpha2_start_epoch: int = 5
+    weak_gate: float = 0.0  # official code: 0.16
+    weak_neg: Literal["main_captions", "weak_captions"] = "main_captions"  # official: weak_captions
+    lambda_mode: Literal["paper", "official_abs"] = "paper"
+    cr_reduction: Literal["sum", "mean"] = "sum"
+    inplace_part_act: bool = False  # official: LeakyReLU in place also activates the returned part features
+    global_pool_includes_padding: bool = False  # official: text max-pool over padded positions too
+
+
+@dataclass
+class SSANRunParams(RunParams):
+    ssan: SSANParams = field(default_factory=SSANParams)
+
+    def check(self, key: str) -> None:
+        s = self.ssan
+        for name in ("parts", "relation_dim"):
+            if getattr(s, name) <= 0:
+                raise ParamsError(f"{key}.ssan.{name}: must be positive, got {getattr(s, name)!r}")
+        if s.relation and not s.part_features:
+            raise ParamsError(f"{key}.ssan.relation: the non-local module needs part_features: true")
+        if s.weak_term and self.data.support_captions != 1:
+            raise ParamsError(f"{key}.data.support_captions: the compound ranking loss (ssan.weak_term) uses one weak "
+                              f"caption per sample, so it must be 1, got {self.data.support_captions}")
+        if self.model.text_encoder != "bilstm":
+            raise ParamsError(f"{key}.model.text_encoder: SSAN uses the Bi-LSTM text branch, got "
+                              f"{self.model.text_encoder!r}")
 
 
 class PartLinear(nn.Module):
@@ -41,7 +89,7 @@ class PartLinear(nn.Module):
 
 
 class MultiViewNonLocal(nn.Module):
-    """MV-NLN (ssan.md §2.3): part k queries the other parts through per-part "views", then a residual update."""
+    """MV-NLN (docs/ssan.md §2.3): part k queries the other parts through per-part "views", then a residual update."""
 
     def __init__(self, parts: int, dim: int, inner: int, slope: float):
         super().__init__()
@@ -66,20 +114,20 @@ class MultiViewNonLocal(nn.Module):
         attn = self.attention(x)
         aggregated = torch.einsum("bjk,bjd->bkd", attn, kv)  # aggregates the normalised phi, as the code does
         up = self.up(aggregated).reshape(b, k * d)
-        # A training batch of one cannot estimate batch statistics: use the running ones (the official code crashes).
+        # The BatchNorm's own mode (train.freeze_bn puts it in eval); a training batch of one cannot estimate batch
+        # statistics: use the running ones (the official code crashes).
         up = F.batch_norm(up, self.bn.running_mean, self.bn.running_var, self.bn.weight, self.bn.bias,
-                          training=self.training and b > 1, momentum=self.bn.momentum, eps=self.bn.eps)
+                          training=self.bn.training and b > 1, momentum=self.bn.momentum, eps=self.bn.eps)
         z = x + F.leaky_relu(up, self.slope).reshape(b, k, d)
         return self.out(z)
 
 
-class SSAN(nn.Module):
-    def __init__(self, params: SSANRunParams, vocab_size: int, num_classes: int):
+class SSAN(MethodModel):
+    def __init__(self, params: SSANRunParams, vocab_size: int, num_classes: int, tokenizer=None):
         super().__init__()
         m, s = params.model, params.ssan
-        if m.text_encoder != "bilstm":
-            raise ValueError(f"ssan.model.text_encoder: SSAN uses the Bi-LSTM text branch, got {m.text_encoder!r}")
         self.s = s
+        self.mining = torch.Generator()  # reseeded every epoch by start_epoch
         widths = tuple(m.backbone_widths) if m.backbone_widths else None
         self.backbone = create_backbone(m.image_backbone, pretrained=m.pretrained, last_stride=m.last_stride,
                                         widths=widths)
@@ -105,8 +153,6 @@ class SSAN(nn.Module):
         if s.relation:
             self.nonlocal_net = MultiViewNonLocal(parts, dim, s.relation_dim, s.leaky_slope)
             self.id_relation = nn.ModuleList(self._classifier(s.relation_dim, num_classes) for _ in range(parts))
-        self.dims = {"global": dim, "local": parts * dim if s.part_features else 0,
-                     "relation": parts * s.relation_dim if s.relation else 0}
 
     @staticmethod
     def _classifier(d_in: int, n: int) -> nn.Linear:
@@ -116,20 +162,21 @@ class SSAN(nn.Module):
         return head
 
     # ------------------------------------------------------------------ features
-    def _parts_to_relation(self, local: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor | None]:
-        """LeakyReLU then MV-NLN. With `inplace_part_act` the returned part features are the activated ones (official)."""
+    def _parts_to_relation(self, local: torch.Tensor) -> dict[str, torch.Tensor]:
+        """{"local"[, "relation"]}: LeakyReLU then MV-NLN. With `inplace_part_act` the returned part features are the
+        activated ones (official)."""
         activated = F.leaky_relu(local, self.s.leaky_slope)
-        if self.s.inplace_part_act:
-            local = activated
-        relation = self.nonlocal_net(activated) if self.s.relation else None
-        return local, relation
+        out = {"local": activated if self.s.inplace_part_act else local}
+        if self.s.relation:
+            out["relation"] = self.nonlocal_net(activated)
+        return out
 
     def image_features(self, images: torch.Tensor) -> dict[str, torch.Tensor]:
         fmap = self.backbone(images)["layer4"]  # B×C×H×W
         out = {"global": self.W_g(fmap.amax((2, 3)))}
         if self.s.part_features:
             stripes = F.adaptive_max_pool2d(fmap, (self.s.parts, 1)).flatten(2).transpose(1, 2)  # B×K×C
-            out["local"], out["relation"] = self._parts_to_relation(self.W_l(stripes))
+            out.update(self._parts_to_relation(self.W_l(stripes)))
         return out
 
     def word_gates(self, ids: torch.Tensor, mask: torch.Tensor) -> torch.Tensor:
@@ -148,43 +195,46 @@ class SSAN(nn.Module):
         if self.s.part_features:
             gates, local_words = self.word_gates(ids, mask)
             gated = pool_tokens(gates.unsqueeze(-1) * local_words.unsqueeze(2), mask, "max")  # B×K×C
-            out["local"], out["relation"] = self._parts_to_relation(self.W_l(gated))
+            out.update(self._parts_to_relation(self.W_l(gated)))
         return out
 
-    def _flat(self, feats: dict[str, torch.Tensor]) -> torch.Tensor:
-        return torch.cat([feats[k].flatten(1) for k in ("global", "local", "relation") if feats.get(k) is not None], 1)
+    def encode_images(self, images: torch.Tensor) -> dict[str, torch.Tensor]:
+        """global B×d; with part features also local B×K×d and relation B×K×r."""
+        return self.image_features(images)
 
-    def encode_images(self, images: torch.Tensor) -> torch.Tensor:
-        """[v_g | v_l (K·d) | v_n (K·r)] concatenated; `similarities` splits it again."""
-        return self._flat(self.image_features(images))
+    def encode_texts(self, text: dict[str, torch.Tensor]) -> dict[str, torch.Tensor]:
+        return self.text_features(text["ids"], text["mask"])
 
-    def encode_texts(self, ids: torch.Tensor, mask: torch.Tensor) -> torch.Tensor:
-        return self._flat(self.text_features(ids, mask))
-
-    def similarities(self, image_feats: torch.Tensor, text_feats: torch.Tensor) -> dict[str, torch.Tensor]:
-        """S_g, S_l, S_n (each one cosine over its concatenated vector) and "final" = their sum (ssan.md §5)."""
-        out, start = {}, 0
-        for name, width in self.dims.items():
-            if width:
-                out[name] = cosine_similarity(text_feats[:, start:start + width], image_feats[:, start:start + width])
-                start += width
+    def similarities(self, image_feats: dict, text_feats: dict) -> dict[str, torch.Tensor]:
+        """S_g, S_l, S_n (each one cosine over its concatenated vector) and "final" = their sum (docs/ssan.md §5)."""
+        out = {name: cosine_similarity(text_feats[name].flatten(1), image_feats[name].flatten(1))
+               for name in ("global", "local", "relation") if name in image_feats}
         out["final"] = sum(out.values())
         return out
 
     # ------------------------------------------------------------------ training
+    def start_epoch(self, epoch: int) -> None:
+        """The α2 schedule reads the epoch; semi-hard mining draws from the model's own stream, seeded here from the
+        (just reseeded) global RNG, so every DDP rank mines the gathered batch with the same draws."""
+        super().start_epoch(epoch)
+        self.mining = torch.Generator().manual_seed(int(torch.randint(2**62, ())))
+
     def _id_loss(self, feats: dict, labels: torch.Tensor, name: str, heads) -> torch.Tensor:
         if name == "global":
             return id_loss(heads(feats[name]), labels)
         x = feats[name]
         return sum(id_loss(head(x[:, k]), labels) for k, head in enumerate(heads)) / len(heads)
 
-    def forward(self, batch: dict, tp: TrainParams) -> dict[str, torch.Tensor]:
+    def forward(self, batch: dict) -> dict[str, torch.Tensor]:
+        """ID on the local batch (a per-sample mean); CR on the batch gathered over ranks (docs/ssan.md §3)."""
         s = self.s
         img = self.image_features(batch["image"])
         txt = self.text_features(batch["ids"], batch["mask"])
-        # The weak captions only enter the compound term: the plain-ranking rows skip encoding them.
-        weak = self.text_features(batch["weak_ids"], batch["weak_mask"]) if s.weak_term else None
-        labels, epoch = batch["label"], batch["epoch"]
+        # The weak captions (a support set of one caption) only enter the compound term: the plain-ranking rows skip
+        # encoding them.
+        weak = self.encode_texts(text_input(batch, "support_")) if s.weak_term else None
+        labels, epoch = batch["label"], self.epoch
+        all_labels = gather_with_grad(labels)
         branches = [("global", 1.0, self.id_global)]
         if s.part_features:
             branches.append(("local", s.local_weight, self.id_local))
@@ -196,11 +246,13 @@ class SSAN(nn.Module):
             terms["id"] = terms["id"] + weight * (self._id_loss(img, labels, name, heads) +
                                                   self._id_loss(txt, labels, name, heads))
             terms["cr"] = terms["cr"] + weight * compound_ranking_loss(
-                img[name].flatten(1), txt[name].flatten(1), weak[name].flatten(1) if weak is not None else None, labels, epoch=epoch,
+                gather_with_grad(img[name].flatten(1)), gather_with_grad(txt[name].flatten(1)),
+                gather_with_grad(weak[name].flatten(1)) if weak is not None else None, all_labels, epoch=epoch,
                 alpha1=s.alpha1, beta=s.beta, alpha2_start_epoch=s.alpha2_start_epoch, weak_term=s.weak_term,
                 weak_gate=s.weak_gate, weak_neg=s.weak_neg, lambda_mode=s.lambda_mode, reduction=s.cr_reduction,
+                generator=self.mining,
             )
-        terms["id"] = tp.id_weight * terms["id"]
+        terms["id"] = s.id_weight * terms["id"]
         terms["loss"] = terms["id"] + terms["cr"]
         return terms
 
@@ -208,14 +260,10 @@ class SSAN(nn.Module):
 # ---------------------------------------------------------------------- analysis helpers (used by the notebooks)
 
 
-def retrieval_embedding(model: SSAN, feats: torch.Tensor) -> torch.Tensor:
+def retrieval_embedding(feats: dict[str, torch.Tensor]) -> torch.Tensor:
     """Concatenate the L2-normalised global / part / relation vectors, so that dot products equal S_all."""
-    parts, start = [], 0
-    for width in model.dims.values():
-        if width:
-            parts.append(F.normalize(feats[:, start:start + width], dim=1, eps=1e-12))
-            start += width
-    return torch.cat(parts, dim=1)
+    return torch.cat([F.normalize(feats[name].flatten(1), dim=1, eps=1e-12)
+                      for name in ("global", "local", "relation") if name in feats], dim=1)
 
 
 @torch.no_grad()
@@ -239,7 +287,9 @@ def gates_for_tokens(model: SSAN, vocab, token_lists: list[list[str]]) -> list[t
 def mean_part_attention(model: SSAN, local_feats: torch.Tensor) -> torch.Tensor:
     """MV-NLN attention (K×K, rows j = attended part, columns k = querying part) averaged over samples.
 
-    `local_feats` are the part features v_l or t_l (B×K·d, the middle block of `encode_*`)."""
-    k = model.s.parts
-    x = F.leaky_relu(local_feats.reshape(local_feats.shape[0], k, -1), model.s.leaky_slope)
+    `local_feats` are the part features v_l or t_l (B×K×d, the "local" entry of the feature dicts)."""
+    x = F.leaky_relu(local_feats, model.s.leaky_slope)
     return model.nonlocal_net.attention(x.to(model.W_g.weight.device)).mean(0).cpu()
+
+
+METHOD = Method("ssan", params=SSANRunParams, model=SSAN)

@@ -15,6 +15,8 @@ import torch
 from torch import nn
 from torch.nn.utils.rnn import pack_padded_sequence, pad_packed_sequence
 
+from tireid_core.hub import hf_offline_help
+
 
 def pool_tokens(feats: torch.Tensor, mask: torch.Tensor, how: str = "max") -> torch.Tensor:
     """Max or mean over the token axis (dim 1) of real tokens only; a row without tokens pools to zeros.
@@ -139,19 +141,6 @@ class TransformerTextEncoder(nn.Module):
             x = self.encoder(x, src_key_padding_mask=~attend)
         x = self.norm(x)
         return x * mask.unsqueeze(-1).to(x.dtype)
-
-
-def hf_offline_help(name_or_path: str, what: str) -> str:
-    """The one message for "not available offline", shared by the encoders and HFTokenizer."""
-    return (
-        f"Could not load the {what} {name_or_path!r} from a local folder or the Hugging Face cache.\n"
-        "To provide it without internet access, either\n"
-        f"  * on a connected machine run `hf download {name_or_path}` (or from_pretrained once) and copy the\n"
-        "    Hugging Face cache ($HF_HOME, default ~/.cache/huggingface) to this machine, or\n"
-        "  * pass a local folder containing config.json, the weights and the tokenizer files (save_pretrained output).\n"
-        "Set HF_HUB_OFFLINE=1 so nothing tries the network."
-        + (" For a randomly initialised model use pretrained=False." if what != "tokenizer" else "")
-    )
 
 
 _BERT_BASE_UNCASED = ("bert-base-uncased", "google-bert/bert-base-uncased")

@@ -1,0 +1,179 @@
+"""Writes `dvc.yaml` from the method registry, params.yaml's rows and the import graph, so no stage is kept by hand.
+
+    python -m tireid_core.pipeline           # rewrite dvc.yaml
+    python -m tireid_core.pipeline --check   # exit 1 if dvc.yaml is not what this would write (a test runs it)
+
+Every stage depends on exactly the core files its entry module (and notebook) imports, followed transitively through
+the package, so a change to one paper's model retrains that paper only, and a missing dependency cannot happen.
+Stages: the SimPEDES data, the tour notebook, then per method one ``train_<method>`` stage over its rows
+(``<method>_rows`` in params.yaml), the method notebook and the analysis notebook, which read the finished runs.
+"""
+from __future__ import annotations
+
+import argparse
+import ast
+import json
+import sys
+from pathlib import Path
+
+import yaml
+
+REPO = Path(__file__).resolve().parent.parent
+PACKAGE = "tireid_core"
+# What each training run writes into its row folder (metrics.json is declared as a metric, uncached).
+RUN_OUTPUTS = ("checkpoints", "features_test.pt", "eval", "history.json", "params.resolved.yaml", "dvclive")
+HEADER = ("# Written by `python -m tireid_core.pipeline` from params.yaml and the import graph; do not edit by hand\n"
+          "# (tests/test_pipeline.py fails when this file is stale). `dvc repro` runs the demo profile on SimPEDES.\n")
+
+
+def module_file(module: str, root: Path = REPO) -> Path | None:
+    """The source file of a module of the package (a package's __init__.py), or None outside it."""
+    base = root / Path(*module.split("."))
+    for candidate in (base.with_suffix(".py"), base / "__init__.py"):
+        if candidate.exists():
+            return candidate
+    return None
+
+
+def imports_of_source(source: str, root: Path = REPO) -> set[str]:
+    """Modules of the package that `source` imports anywhere (top level or inside functions)."""
+    found = set()
+    for node in ast.walk(ast.parse(source)):
+        if isinstance(node, ast.Import):
+            names = [a.name for a in node.names]
+        elif isinstance(node, ast.ImportFrom) and node.module and node.level == 0:
+            # `from pkg import name`: name may be a submodule
+            names = [node.module] + [f"{node.module}.{a.name}" for a in node.names]
+        else:
+            continue
+        for name in names:
+            if name.split(".")[0] == PACKAGE and module_file(name, root) is not None:
+                found.add(name)
+    return found
+
+
+def _with_parents(module: str) -> list[str]:
+    """Importing a.b.c runs a/__init__, a/b/__init__ and a/b/c."""
+    parts = module.split(".")
+    return [".".join(parts[:i]) for i in range(1, len(parts) + 1)]
+
+
+def import_closure(modules: set[str], root: Path = REPO) -> set[Path]:
+    """Files of every package module reachable from `modules` (relative to root)."""
+    todo = [m for mod in modules for m in _with_parents(mod)]
+    seen, files = set(), set()
+    while todo:
+        mod = todo.pop()
+        if mod in seen:
+            continue
+        seen.add(mod)
+        path = module_file(mod, root)
+        if path is None:
+            continue
+        files.add(path.relative_to(root))
+        for dep in imports_of_source(path.read_text(), root):
+            todo.extend(_with_parents(dep))
+    return files
+
+
+def notebook_source(path: Path) -> str:
+    """The Python of a notebook's code cells (IPython magics and shell lines dropped)."""
+    cells = json.loads(path.read_text())["cells"]
+    lines = [line for c in cells if c["cell_type"] == "code" for line in "".join(c["source"]).splitlines()
+             if not line.lstrip().startswith(("%", "!"))]
+    return "\n".join(lines)
+
+
+def code_deps(entry_modules: set[str], notebook: Path | None = None, root: Path = REPO) -> list[str]:
+    modules = set(entry_modules)
+    if notebook is not None:
+        modules |= imports_of_source(notebook_source(notebook), root)
+    return sorted(str(p) for p in import_closure(modules, root))
+
+
+def _rel(path: str, root: Path) -> str:
+    return str(Path(path).resolve().relative_to(root.resolve()))
+
+
+def build_stages(root: Path = REPO) -> dict:
+    from tireid_core.methods import available_methods
+    from tireid_core.params import load_run_params, load_section, method_rows
+
+    params_file = root / "params.yaml"
+    data_dir = load_section("simpedes", params_file)["out_dir"]
+    stages: dict = {
+        "simpedes": {
+            "cmd": f"python -m tireid_core.data.simpedes --params params.yaml --out {data_dir}",
+            "deps": code_deps({"tireid_core.data.simpedes.__main__"}, root=root),
+            "params": ["simpedes"],
+            "outs": [data_dir],
+        },
+    }
+    plots = []
+
+    def notebook_stage(name: str, params: list[str], deps: list[str], outs: list[str], metrics: list[str] = ()) -> None:
+        nb = root / "notebooks" / f"{name}.ipynb"
+        stage = {
+            "cmd": f"python -m tireid_core.run {name}",
+            "deps": [f"notebooks/{name}.ipynb", *code_deps({"tireid_core.run"}, nb, root), *deps],
+            "params": params,
+            "outs": [f"runs/demo/notebooks/{name}.ipynb", f"runs/demo/notebooks/{name}.html", *outs],
+        }
+        if metrics:
+            stage["metrics"] = [{m: {"cache": False}} for m in metrics]
+        stages[name] = stage
+
+    notebook_stage("simpedes_tour", ["simpedes"], [data_dir, "references/reference_results.yaml"], [])
+    for method in available_methods():
+        rows = method_rows(method, params_file)
+        run_dirs = {row: _rel(load_run_params(method, params_file, row=row).out_dir, root) for row in rows}
+        method_dir = str(Path(run_dirs[next(iter(rows))]).parent)
+        row_dir = f"{method_dir}/${{key}}"
+        stages[f"train_{method}"] = {
+            "foreach": f"${{{method}_rows}}",
+            "do": {
+                "cmd": f"python -m tireid_core.train {method} --row ${{key}}",
+                "deps": [data_dir, *code_deps({"tireid_core.train", "tireid_core.engine", "tireid_core.experiment",
+                                               f"tireid_core.models.{method}"}, root=root)],
+                "params": [method, f"{method}_rows.${{key}}"],
+                "outs": [f"{row_dir}/{o}" for o in RUN_OUTPUTS],
+                "metrics": [{f"{row_dir}/metrics.json": {"cache": False}}],
+            },
+        }
+        finished = [f"{d}/{f}" for d in run_dirs.values()
+                    for f in ("metrics.json", "history.json", "eval", "features_test.pt", "checkpoints")]
+        refs = ["references/reference_results.yaml"]
+        if (root / "notebooks" / f"{method}.ipynb").exists():
+            notebook_stage(method, [method, f"{method}_rows"], [data_dir, *finished, *refs], [f"{method_dir}/figures"])
+        if (root / "notebooks" / f"{method}_analysis.ipynb").exists():
+            notebook_stage(f"{method}_analysis", [method, f"{method}_rows"], [data_dir, *finished, *refs], [f"{method_dir}/analysis/figures"],
+                           metrics=[f"{method_dir}/analysis/analysis.json"])
+        plots.append({f"{method}_val_R@1": {
+            "template": "linear", "x": "step", "title": f"{method}: val R@1 per epoch, every row",
+            "y": {f"{d}/dvclive/plots/metrics/val/R@1.tsv": "R@1" for d in run_dirs.values()}}})
+    return {"stages": stages, "plots": plots}
+
+
+def render(root: Path = REPO) -> str:
+    return HEADER + yaml.safe_dump(build_stages(root), sort_keys=False, width=120)
+
+
+def main(argv: list[str] | None = None) -> int:
+    ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    ap.add_argument("--check", action="store_true", help="exit 1 when dvc.yaml differs from what would be written")
+    args = ap.parse_args(argv)
+    text, target = render(), REPO / "dvc.yaml"
+    if args.check:
+        if target.read_text() != text:
+            print(f"{target} is stale: run `python -m tireid_core.pipeline`", file=sys.stderr)
+            return 1
+        return 0
+    from tireid_core.io import atomic_write_text
+
+    atomic_write_text(target, text)
+    print(f"wrote {target}")
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())

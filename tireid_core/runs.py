@@ -1,0 +1,128 @@
+"""Finished runs, as the notebooks read them: training happens in `python -m tireid_core.train`, never in a kernel.
+
+    run = load_run("ssan", "full")            # params, metrics, history, eval records, test features
+    run.metrics_table()                       # best-on-val and last-epoch test metrics
+    exp = run.experiment()                    # dataset, tokenizer and the selected model (for analyses)
+
+A run that does not exist yet raises `RunMissing`, whose message names the command that produces it. With
+``train_if_missing=True`` a quick run is trained into ``runs/interactive/`` (never a DVC-tracked folder).
+"""
+from __future__ import annotations
+
+import json
+from dataclasses import dataclass
+from pathlib import Path
+
+import pandas as pd
+import torch
+
+from tireid_core.evaluation import SUMMARY_KEYS, load_features, summary
+from tireid_core.params import RunParams, load_run_params, method_rows, resolve_params_file
+
+
+class RunMissing(FileNotFoundError):
+    """A notebook needs a run that has not been trained; the message says how to produce it."""
+
+
+@dataclass
+class FinishedRun:
+    method: str
+    row: str
+    label: str
+    params: RunParams
+    run_dir: Path
+    summary: dict  # metrics.json
+    history: list[dict]  # one record per epoch (train losses, lr, val metrics)
+
+    def eval_records(self, which: str = "best") -> dict[str, dict]:
+        """Full test metric records per score matrix ("final", "global", ...) of the best or last model."""
+        return json.loads((self.run_dir / "eval" / f"test_{which}.json").read_text())
+
+    def per_score_table(self, which: str = "best") -> pd.DataFrame:
+        """Headline test metrics of every score matrix the model exposes."""
+        return pd.DataFrame({name: summary(m) for name, m in self.eval_records(which).items()}).T
+
+    def features(self) -> tuple[dict, dict]:
+        """(gallery, queries) feature dicts of the selected model on test."""
+        return load_features(self.run_dir / "features_test.pt")
+
+    def experiment(self, load_best: bool = True):
+        """Dataset, tokenizer and model of this run, with the selected checkpoint loaded, in eval mode."""
+        from tireid_core.experiment import build_experiment
+
+        exp = build_experiment(self.params)
+        if load_best:
+            state = torch.load(self.run_dir / "checkpoints" / "best.pt", map_location="cpu", weights_only=True)
+            exp.model.load_state_dict(state["model"])
+        exp.model.eval()
+        return exp
+
+    def metrics_table(self) -> pd.DataFrame:
+        from tireid_core.analysis import metrics_table
+
+        return metrics_table(self.summary)
+
+
+def train_command(method: str, row: str, profile: str) -> str:
+    if profile == "demo":
+        return f"dvc repro train_{method}@{row}"
+    return f"python -m tireid_core.train {method} --row {row} --profile {profile}"
+
+
+def load_run(method: str, row: str = "full", params_file: str | Path | None = None, profile: str = "demo",
+             sets: list[str] | None = None, train_if_missing: bool = False) -> FinishedRun:
+    """The finished run of `row`; trains a quick one into runs/interactive/ when asked and none exists."""
+    params_file = resolve_params_file(params_file)
+    # A notebook may get overrides of several sections (the pipeline test points every section at scratch folders);
+    # this run takes those of its own method.
+    sets = [s for s in sets or [] if s.split("=", 1)[0].split(".", 1)[0] in (method, f"{method}_rows")]
+    params = load_run_params(method, params_file, row=row, profile=profile, sets=sets)
+    label = method_rows(method, params_file, profile=profile, sets=sets)[row].label
+    run_dir = Path(params.out_dir)
+    if not (run_dir / "metrics.json").exists():
+        if not train_if_missing:
+            raise RunMissing(f"{run_dir}: no finished run of {method} row {row!r}. Produce it with "
+                             f"`{train_command(method, row, profile)}` from the repository root, or set "
+                             "train_if_missing = True in this notebook's parameters for a run in runs/interactive/.")
+        from tireid_core.engine import fit
+        from tireid_core.experiment import build_experiment
+
+        interactive = params_file.parent / "runs" / "interactive" / profile / method / row
+        params.out_dir = str(interactive)
+        run_dir = interactive
+        if not (run_dir / "metrics.json").exists():
+            fit(build_experiment(params))
+    history = json.loads((run_dir / "history.json").read_text())
+    summary_ = json.loads((run_dir / "metrics.json").read_text())
+    return FinishedRun(method, row, label, params, run_dir, summary_, history)
+
+
+def load_rows(method: str, params_file: str | Path | None = None, profile: str = "demo",
+              sets: list[str] | None = None, train_if_missing: bool = False) -> dict[str, FinishedRun]:
+    """Every row of `method` in params.yaml order (see `load_run`)."""
+    return {row: load_run(method, row, params_file, profile, sets, train_if_missing)
+            for row in method_rows(method, params_file, profile=profile, sets=sets)}
+
+
+def ablation_table(runs: dict[str, FinishedRun]) -> pd.DataFrame:
+    """One row per run: its label, the flags that make it (from params.yaml), best-on-val test metrics."""
+    rows = {}
+    for run in runs.values():
+        best = run.summary["best"]
+        rows[run.label] = {**{k: best["test"][k] for k in SUMMARY_KEYS if k in best["test"]},
+                           "epoch (best on val)": best["epoch"] + 1, "epochs": run.params.train.epochs}
+    return pd.DataFrame(rows).T
+
+
+def identical_rows(runs: dict[str, FinishedRun]) -> list[tuple[str, str]]:
+    """Pairs of rows whose resolved parameters are the same apart from out_dir and row: a table that compares them
+    compares a configuration with itself (e.g. after `dvc exp run -S` switched a flag of one row)."""
+    from tireid_core.params import to_dict
+
+    def key(run: FinishedRun) -> str:
+        d = to_dict(run.params)
+        d.pop("out_dir"), d.pop("row")
+        return json.dumps(d, sort_keys=True)
+
+    names = list(runs)
+    return [(a, b) for i, a in enumerate(names) for b in names[i + 1:] if key(runs[a]) == key(runs[b])]
