@@ -2,12 +2,15 @@
 
 Prints figures only (no assertions): median seconds of the fast path after a warm-up, queries per
 second, and the speed-up over the per-query reference loop, timed on a subset and extrapolated.
-Run: python benchmarks/bench_eval.py [--threads N]
-On a machine shared with other busy processes, torch's OpenMP threads slow down badly; the script
-prints the load average so that such runs can be recognised.
+Run: python benchmarks/bench_eval.py [--threads N] [--busy 4]
+Then, idle and busy side by side: the evaluation as the project runs it (threads chosen from the load average, see
+metrics._threads_for_current_load) and with every core's thread (the old behaviour), first on the idle machine, then
+beside `--busy` competing torch processes (each a bounded matrix-multiply loop, stopped at the end). The load average
+is a one-minute mean, so the busy figures are taken once it has risen (about a minute).
 """
 
 import argparse
+import multiprocessing as mp
 import os
 import statistics
 import sys
@@ -62,11 +65,44 @@ def report(label, seconds, n_queries, reference_seconds=None):
     print(line)
 
 
+def _busy(deadline: float) -> None:
+    """A competing torch job: matrix products on all cores until `deadline` (bounded, never left running)."""
+    a = torch.randn(1024, 1024)
+    while time.time() < deadline:
+        a = torch.tanh(a @ a)
+
+
+def idle_vs_busy(scores, qp, gp, n_busy: int) -> None:
+    """The load-aware evaluation and the all-threads one, idle and beside `n_busy` busy torch processes."""
+    load_aware = lambda: retrieval_metrics(scores, qp, gp)  # noqa: E731
+    all_threads = lambda: retrieval_metrics.__wrapped__(scores, qp, gp)  # noqa: E731  (no thread adjustment)
+    idle = (median_time(load_aware, runs=3), median_time(all_threads, runs=3), os.getloadavg()[0])
+    ctx = mp.get_context("spawn")
+    jobs = [ctx.Process(target=_busy, args=(time.time() + 240,)) for _ in range(n_busy)]
+    for j in jobs:
+        j.start()
+    try:
+        for _ in range(60):  # let the one-minute load average catch up (at most 60 s)
+            if os.getloadavg()[0] >= n_busy:
+                break
+            time.sleep(1)
+        busy = (median_time(load_aware, runs=3), median_time(all_threads, runs=3), os.getloadavg()[0])
+    finally:
+        for j in jobs:
+            j.terminate()
+            j.join()
+    print(f"{'':28s} {'load-aware':>12s} {'all threads':>12s}  load average")
+    for label, (a, b, load) in (("idle", idle), (f"beside {n_busy} busy torch jobs", busy)):
+        print(f"{label:28s} {a:10.3f} s {b:10.3f} s  {load:6.2f}   (all threads / load-aware: x{b / a:.2f})")
+
+
 def main():
     cores = len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else os.cpu_count()
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--threads", type=int, default=cores, help="torch CPU threads (default: all cores)")
-    threads = parser.parse_args().threads
+    parser.add_argument("--busy", type=int, default=4, help="competing torch processes for the busy figures (0: skip)")
+    args = parser.parse_args()
+    threads = args.threads
     torch.set_num_threads(threads)
     warnings.simplefilter("ignore")
     scores, qp, gp, q_cams, g_cams = make_problem()
@@ -114,6 +150,8 @@ def main():
                    ref_full if "noninterp" in label else None)
     else:
         print("CUDA: not available")
+    if args.busy:
+        idle_vs_busy(scores, qp, gp, args.busy)
 
 
 if __name__ == "__main__":

@@ -196,7 +196,7 @@ def test_resume_refuses_changed_parameters(tiny_params, tmp_path):
 
 
 def test_divergence_stops_at_the_first_non_finite_loss(tiny_params):
-    with pytest.raises(RuntimeError, match=r"training diverged at epoch 1, step \d+: loss term\(s\) .*not finite"):
+    with pytest.raises(ValueError, match=r"training diverged at epoch 1, step \d+: loss term\(s\) .*not finite"):
         _train(tiny_params("baseline.train.lr=1e30", "baseline.train.warmup_epochs=0"))
 
 
@@ -211,3 +211,41 @@ def _umask() -> int:
     mask = os.umask(0)
     os.umask(mask)
     return mask
+
+
+@pytest.mark.parametrize("content", [b"", b"garbage", None])
+def test_bad_checkpoints_are_named(tmp_path, content):
+    from tireid_core.io import CheckpointError, atomic_torch_save, load_checkpoint
+
+    path = tmp_path / "last.pt"
+    if content is None:
+        atomic_torch_save({"weights": torch.zeros(2)}, path)  # a torch file, but not one of this project
+        with pytest.raises(CheckpointError, match=r"last.pt: holds a dict with keys \['weights'\], not a checkpoint"):
+            load_checkpoint(path)
+    else:
+        path.write_bytes(content)
+        with pytest.raises(CheckpointError, match=r"last.pt: not a readable checkpoint"):
+            load_checkpoint(path)
+
+
+def test_checkpoint_of_another_model_is_named(tiny_params, tmp_path):
+    from tireid_core.io import CheckpointError, load_checkpoint, load_model_state
+
+    exp, _ = _train(tiny_params())
+    other = build_experiment(tiny_params("baseline.model.feature_dim=8", f"baseline.out_dir={tmp_path / 'o'}"))
+    path = exp.run_dir / "checkpoints" / "best.pt"
+    with pytest.raises(CheckpointError, match=r"best.pt: does not fit the model of these parameters.*size mismatch"):
+        load_model_state(other.model, load_checkpoint(path), path)
+
+
+def test_a_corrupt_image_fails_before_training(tiny_params, tmp_path):
+    import shutil
+
+    from tireid_core.data.records import DatasetError
+
+    root = tmp_path / "data"
+    shutil.copytree(tiny_params().data.root, root)
+    victim = sorted((root / "imgs").rglob("*.png"))[-1]
+    victim.write_bytes(victim.read_bytes()[:40])  # truncated
+    with pytest.raises(DatasetError, match=rf"1 image\(s\) cannot be read:\n  cannot decode image .*{victim.name}"):
+        build_experiment(tiny_params(f"baseline.data.root={root}"))

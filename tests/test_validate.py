@@ -59,7 +59,7 @@ PLANTED = [
     ("cuhk-pedes", "token_mismatch", "E", ["'processed_tokens' has 1 token lists for 2 captions"]),
     ("cuhk-pedes", "no_captions", "E", ["no caption", "index 9"]),
     ("cuhk-pedes", "noncontiguous_ids", "E", ["train ids are not contiguous from 1", "missing 3"]),
-    ("cuhk-pedes", "empty_caption", "W", ["empty or whitespace", "record 8 caption 1"]),
+    ("cuhk-pedes", "empty_caption", "W", ["without any word", "record 8 caption 1"]),
     ("cuhk-pedes", "duplicate_path", "W", ["more than one record", "Market/0006_c3s1_000003_01.jpg"]),
     ("cuhk-pedes", "single_image", "W", ["train id with a single image", "1369, 4116, 6116"]),
     ("icfg-pedes", "no_annotation", "E", ["ICFG-PEDES.json or ICFG_PEDES.json"]),
@@ -74,14 +74,14 @@ PLANTED = [
     ("rstpreid", "clean", "W", ["prefix differs", "0007_c9_0002.jpg has id 1", "informational"]),
     ("market1501", "junk_in_query", "E", ["query/", "junk id -1 in query", "-1_c2s1_000001_00.jpg"]),
     ("market1501", "distractor_in_train", "E", ["bounding_box_train/", "distractor id 0 in train"]),
-    ("market1501", "bad_camera", "E", ["camera outside 1..6", "0003_c7s1_000001_01.jpg"]),
+    ("market1501", "bad_camera", "E", ["camera 7 outside 1..6", "0003_c7s1_000001_01.jpg"]),
     ("market1501", "bad_name", "E", ["does not parse", "badname.jpg"]),
     ("market1501", "missing_query_folder", "E", ["lacks the folder(s) query"]),
     ("market1501", "overlapping_ids", "E", ["in both train and query/gallery", "7"]),
     ("market1501", "query_not_in_gallery", "W", ["without any image in the gallery", "99"]),
     ("market1501", "same_camera_only", "W", ["query's own camera", "0013_c2s1_000100_00.jpg"]),
     ("market1501", "mixed_ext", "W", ["mixed image extensions", ".png 1"]),
-    ("dukemtmc-reid", "bad_camera", "E", ["camera outside 1..8", "0005_c9_f0170600.jpg"]),
+    ("dukemtmc-reid", "bad_camera", "E", ["camera 9 outside 1..8", "0005_c9_f0170600.jpg"]),
     ("dukemtmc-reid", "junk", "E", ["junk id -1 in gallery"]),
 ]
 
@@ -104,7 +104,7 @@ def test_all_problems_collected_in_one_run(tmp_path, capsys):
                         "--json", str(report_file))
     assert code == 1
     for words in ("imgs/CUHK01/", "'split' is 'dev'", "in both train and test", "processed_tokens", "'id' must be",
-                  "empty or whitespace"):
+                  "without any word"):
         assert words in out, words
     rep = json.loads(report_file.read_text())
     assert rep["ok"] is False and len(rep["errors"]) == 5 and rep["counts"]["train"]["images"] == 5

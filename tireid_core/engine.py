@@ -26,13 +26,13 @@ from tireid_core import distributed as dist
 from tireid_core.data.samplers import rank_slice
 from tireid_core.evaluation import SUMMARY_KEYS, evaluate, final_evaluation
 from tireid_core.experiment import Experiment
-from tireid_core.io import atomic_torch_save
+from tireid_core.io import atomic_torch_save, load_checkpoint, load_model_state
 from tireid_core.params import RunParams, save_params, to_dict
 from tireid_core.runtime import resolve_device, seed_everything, to_device
 
 
-class DivergedError(RuntimeError):
-    """A training loss became NaN or infinite."""
+class DivergedError(ValueError):
+    """A training loss became NaN or infinite (a user error: the parameters diverge)."""
 
 
 def lr_lambda(params: RunParams, steps_per_epoch: int) -> Callable[[int], float]:
@@ -184,9 +184,9 @@ def fit(exp: Experiment, resume: bool = False, on_epoch_end: Callable[[int, dict
     start_epoch, history, best = 0, [], {"epoch": -1, "score": -1.0}
     last_ckpt = ckpt_dir / "last.pt"
     if resume and last_ckpt.exists():
-        state = torch.load(last_ckpt, map_location="cpu", weights_only=True)
+        state = load_checkpoint(last_ckpt)
         _check_resume(state.get("params"), params, last_ckpt)
-        model.load_state_dict(state["model"])
+        load_model_state(model, state, last_ckpt)
         optimizer.load_state_dict(state["optimizer"])
         scheduler.load_state_dict(state["scheduler"])
         scaler.load_state_dict(state["scaler"])

@@ -15,7 +15,7 @@ from tqdm.auto import tqdm
 from tireid_core import distributed as dist
 from tireid_core.data.pairs import ImageDataset
 from tireid_core.experiment import Experiment, TextImageEvalSet
-from tireid_core.io import atomic_torch_save, write_json
+from tireid_core.io import atomic_torch_save, load_checkpoint, load_model_state, write_json
 from tireid_core.metrics import metrics_record, reid_metrics, retrieval_metrics
 from tireid_core.runtime import image_batch, to_device
 
@@ -113,8 +113,8 @@ def final_evaluation(exp: Experiment, device: torch.device, history: list, best:
     }
     last_eval = evaluate(exp, exp.test_set, device)
     last_state = {k: v.detach().clone() for k, v in model.state_dict().items()}
-    best_state = torch.load(run_dir / "checkpoints" / "best.pt", map_location="cpu", weights_only=True)
-    model.load_state_dict(best_state["model"])
+    best_path = run_dir / "checkpoints" / "best.pt"
+    load_model_state(model, load_checkpoint(best_path), best_path)
     best_eval = evaluate(exp, exp.test_set, device)
     summary_out: dict = {}
     for row, ev, epoch in (("best", best_eval, best["epoch"]), ("last", last_eval, len(history) - 1)):

@@ -8,6 +8,7 @@ The training loop (`engine.fit`) and the evaluation (`evaluation.evaluate`) only
 """
 from __future__ import annotations
 
+import warnings
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Callable
@@ -15,7 +16,7 @@ from typing import Callable
 import torch.nn as nn
 from torch.utils.data import Dataset
 
-from tireid_core.data.datasets import load_reid_dataset, load_text_image_dataset, relabel
+from tireid_core.data.datasets import load_reid_dataset, load_text_image_dataset, relabel, verify_images
 from tireid_core.data.pairs import (CaptionCollate, PairDataset, ReIDTrainDataset, drop_short_identities,
                                     reid_collate, support_images_needed)
 from tireid_core.data.records import ReIDImage, TextImageDataset
@@ -62,6 +63,17 @@ def build_eval_set(dataset: TextImageDataset, split: str) -> TextImageEvalSet:
             cap_img.append(i)
             refs.append((global_index, j))
     return TextImageEvalSet(split, [e.path for e in entries], [e.pid for e in entries], caps, cap_pids, cap_img, refs)
+
+
+def drop_wordless_captions(pairs: list) -> list:
+    """Training pairs whose caption has at least one word; the others (empty, punctuation-only, zero-width characters)
+    would train on an empty text, so they are dropped and counted in a warning that names a few."""
+    kept = [p for p in pairs if word_tokens(p.caption)]
+    if len(kept) < len(pairs):
+        bad = [p for p in pairs if not word_tokens(p.caption)]
+        examples = ", ".join(f"{p.path.name} {p.caption!r}" for p in bad[:5])
+        warnings.warn(f"dropping {len(bad)} training caption(s) without any word (e.g. {examples})", stacklevel=2)
+    return kept
 
 
 def build_tokenizer(params: RunParams, train_captions: list[str], cls_sep: bool):
@@ -132,7 +144,7 @@ def build_experiment(params: RunParams, method: Method | None = None) -> Experim
         tokenizer = None
     else:
         dataset = load_text_image_dataset(d.dataset, Path(d.root))
-        train_pairs = dataset.pairs("train")
+        train_pairs = drop_wordless_captions(dataset.pairs("train"))
         if not train_pairs:
             raise ValueError(f"dataset {d.dataset!r} at {d.root} has no training pairs")
         if (d.support_captions or d.support_images) and d.support_policy == "skip":
@@ -146,6 +158,11 @@ def build_experiment(params: RunParams, method: Method | None = None) -> Experim
         val_set = build_eval_set(dataset, "val") if has_val else None
         test_set = build_eval_set(dataset, "test")
         tokenizer = build_tokenizer(params, [p.caption for p in train_pairs], method.model.text_needs.cls_sep)
+    if method.task == "image_reid":
+        paths = [im.path for im in (*dataset.train, *dataset.query, *dataset.gallery)]
+    else:
+        paths = [p.path for p in train_pairs] + [p for s in (val_set, test_set) if s is not None for p in s.image_paths]
+    verify_images(paths, f"{d.dataset} at {d.root}")
     vocab_size = tokenizer.vocab_size if isinstance(tokenizer, WordTokenizer) else 0  # HF encoders bring their own
     model = method.model(params, vocab_size, len(label_of_pid), tokenizer)
     return Experiment(params=params, method=method, dataset=dataset, train_set=train_set, train_pids=train_pids,

@@ -1,9 +1,10 @@
 """Typed, validated parameters read from `params.yaml` (plus optional profile override files).
 
-Every run is described by one `RunParams`; a wrong key or value fails with a message that names
-the dotted key (``baseline.train.lr``), so a typo never silently falls back to a default.
-Profiles: `params.yaml` holds the demo values; `configs/<profile>.yaml` holds partial overrides
-(same layout) for the `tiny` test profile and the `paper` configuration.
+Every run is described by one `RunParams` subclass — the generic data/model/train/eval parts here, a method's own part
+in its module (`tireid_core.models.<method>`). A wrong key or value fails with a message that names the dotted key
+(``baseline.train.lr``), so a typo never silently falls back to a default. Layers, later ones winning: `params.yaml`
+(the demo values), `configs/<profile>.yaml` (partial overrides for the `tiny` test profile and the `paper`
+configuration), the row's overrides (``<method>_rows``), then ``--set``.
 """
 from __future__ import annotations
 
@@ -217,7 +218,9 @@ def read_yaml(path: str | Path) -> dict:
     try:
         data = yaml.safe_load(path.read_text())
     except yaml.YAMLError as err:
-        raise ParamsError(f"{path}: not valid YAML: {err}") from None
+        mark = getattr(err, "problem_mark", None)
+        where = f" at line {mark.line + 1}, column {mark.column + 1}" if mark is not None else ""
+        raise ParamsError(f"{path}: not valid YAML{where}: {getattr(err, 'problem', None) or err}") from None
     if data is None:
         return {}
     if not isinstance(data, dict):

@@ -21,6 +21,10 @@ from tireid_core.io import atomic_write_text
 REPO = Path(__file__).resolve().parent.parent
 
 
+class NotebookError(ValueError):
+    """A notebook stopped with an error; the message names the notebook, the cell and the error."""
+
+
 def execute_notebook(
     name: str,
     profile: str = "demo",
@@ -33,6 +37,7 @@ def execute_notebook(
     import nbformat
     import papermill as pm
     from nbconvert import HTMLExporter
+    from papermill.exceptions import PapermillExecutionError
 
     notebooks_dir = Path(notebooks_dir) if notebooks_dir else REPO / "notebooks"
     source = notebooks_dir / f"{name}.ipynb"
@@ -45,8 +50,11 @@ def execute_notebook(
     params_file = Path(params_file).resolve() if params_file else REPO / "params.yaml"
     parameters = {"params_file": str(params_file), "profile": profile, "sets": list(sets or []), "save_outputs": True}
     # Executed in memory and written once at the end: a failed run leaves the previous output intact.
-    nb = pm.execute_notebook(str(source), None, parameters=parameters, cwd=str(REPO), kernel_name="python3",
-                             progress_bar=False)
+    try:
+        nb = pm.execute_notebook(str(source), None, parameters=parameters, cwd=str(REPO), kernel_name="python3",
+                                 progress_bar=False)
+    except PapermillExecutionError as err:  # the kernel's own traceback was printed above; this names the cause
+        raise NotebookError(f"notebooks/{name}.ipynb failed in cell {err.exec_count}: {err.ename}: {err.evalue}") from None
     atomic_write_text(target, nbformat.writes(nb))
     if html:
         body, _ = HTMLExporter().from_notebook_node(nb)

@@ -14,9 +14,9 @@ from dataclasses import dataclass
 from pathlib import Path
 
 import pandas as pd
-import torch
 
 from tireid_core.evaluation import SUMMARY_KEYS, load_features, summary
+from tireid_core.io import load_checkpoint, load_model_state
 from tireid_core.params import RunParams, load_run_params, method_rows, resolve_params_file
 
 
@@ -52,8 +52,8 @@ class FinishedRun:
 
         exp = build_experiment(self.params)
         if load_best:
-            state = torch.load(self.run_dir / "checkpoints" / "best.pt", map_location="cpu", weights_only=True)
-            exp.model.load_state_dict(state["model"])
+            path = self.run_dir / "checkpoints" / "best.pt"
+            load_model_state(exp.model, load_checkpoint(path), path)
         exp.model.eval()
         return exp
 

@@ -77,6 +77,21 @@ def _open_loaded(path: Path) -> Image.Image:
         raise DatasetError(f"cannot decode image {path}: {e}") from e
 
 
+def verify_images(paths: Iterable, what: str) -> None:
+    """Decode every image once before a run starts, so a bad file fails now, named, not after hours of training.
+
+    Raises DatasetError listing every unreadable file (the first 20 by name)."""
+    bad = []
+    for path in dict.fromkeys(Path(p) for p in paths):
+        try:
+            _open_loaded(path)
+        except DatasetError as err:
+            bad.append(str(err))
+    if bad:
+        more = f"\n  ... and {len(bad) - 20} more" if len(bad) > 20 else ""
+        raise DatasetError(f"{what}: {len(bad)} image(s) cannot be read:\n  " + "\n  ".join(bad[:20]) + more)
+
+
 def image_mode(path) -> str:
     """The stored colour mode ("RGB", "L", "RGBA", ...) of a fully decoded image; for the validator."""
     return _open_loaded(Path(path)).mode
@@ -125,9 +140,12 @@ def locate_text_dataset(fmt: TextFormat, root) -> tuple[Path, Path]:
     root = Path(os.path.abspath(root))
     candidates = [root] + [root / f for f in fmt.folders]
     for d in candidates:
-        for a in fmt.annotations:
-            if (d / a).is_file():
-                return d, d / a
+        found = [d / a for a in fmt.annotations if (d / a).is_file()]
+        if len(found) > 1:
+            raise DatasetError(f"{fmt.name}: both {' and '.join(str(f) for f in found)} exist; which one is meant is "
+                               "ambiguous: keep one")
+        if found:
+            return d, found[0]
     names = " or ".join(fmt.annotations)
     where = ", ".join(str(d) for d in candidates)
     raise DatasetError(f"{fmt.name}: annotation file not found: looked for {names} in {where}")
@@ -176,6 +194,8 @@ def record_problems(rec, fmt: TextFormat) -> list[str]:
             out.append(f"missing field '{pf}'")
     elif not isinstance(rec[pf], str) or not rec[pf].strip():
         out.append(f"field '{pf}' must be a non-empty string, got {_type_name(rec[pf])}")
+    elif Path(rec[pf]).is_absolute() or ".." in Path(rec[pf]).parts:
+        out.append(f"field '{pf}' must be a path inside the image folder, got {rec[pf]!r}")
 
     if "id" not in rec:
         out.append("missing field 'id'")
@@ -317,8 +337,8 @@ def load_text_image_dataset(name: str, root) -> TextImageDataset:
 # ---------------------------------------------------------------------------------- image ReID
 
 REID_FOLDERS = {"train": "bounding_box_train", "query": "query", "gallery": "bounding_box_test"}
-# Signed, so that Market's junk id -1 parses; one camera digit as in both datasets' names.
-_REID_NAME = re.compile(r"^(-?\d+)_c(\d)")
+# Signed, so that Market's junk id -1 parses; every digit of the camera (c12 is camera 12, not camera 1).
+_REID_NAME = re.compile(r"^(-?\d+)_c(\d+)")
 
 
 @dataclass(frozen=True)
@@ -383,7 +403,7 @@ def scan_reid_folder(folder: Path, split: str, fmt: ReIDFormat) -> ReIDScan:
         pid, cam = int(m.group(1)), int(m.group(2))
         ok = True
         if not 1 <= cam <= fmt.num_cams:
-            scan.problems.append((f"camera outside 1..{fmt.num_cams}", p))
+            scan.problems.append((f"camera {cam} outside 1..{fmt.num_cams}", p))
             ok = False
         if pid == -1:
             if split == "gallery" and fmt.junk_in_gallery:
@@ -412,6 +432,8 @@ def _load_reid(fmt: ReIDFormat, root) -> ReIDDataset:
         scan = scan_reid_folder(ddir / folder, split, fmt)
         splits[split] = scan.images
         problems += scan.problems
+    problems += [(f"no images in {REID_FOLDERS[split]}/", ddir / REID_FOLDERS[split])
+                 for split in ("train", "query", "gallery") if not splits[split]]
     if problems:
         lines = [f"  {p}: {what}" for what, p in problems[:10]]
         more = f"\n  ... and {len(problems) - 10} more" if len(problems) > 10 else ""

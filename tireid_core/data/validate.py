@@ -44,6 +44,7 @@ from .datasets import (KNOWN_SIZES, REID_FOLDERS, REID_FORMATS, TEXT_FORMATS, Re
                        image_mode, locate_reid_dataset, locate_text_dataset, missing_images, read_annotation,
                        record_problems, scan_reid_folder)
 from .records import DatasetError
+from .tokenizers import word_tokens
 
 DATASET_NAMES = tuple(TEXT_FORMATS) + tuple(REID_FORMATS)
 _COLUMNS = ("ids", "images", "captions", "files", "junk", "distractors")
@@ -273,7 +274,7 @@ def _caption_checks(fmt: TextFormat, fname: str, good, report: Report) -> None:
     for i, r in good:
         for j, c in enumerate(r["captions"]):
             where = f"record {i} caption {j}"
-            if not c.strip():
+            if not word_tokens(c):  # empty, whitespace, punctuation or zero-width characters only: no token
                 empty.append(where)
                 continue
             if fmt.name == "rstpreid" and len(c.split()) < 23:
@@ -284,7 +285,8 @@ def _caption_checks(fmt: TextFormat, fname: str, good, report: Report) -> None:
                 code.append(where)
             pids_of[" ".join(c.lower().split())].add(r["id"])
     if empty:
-        report.warnings.append(f"{fname}: {_n(len(empty), 'caption')} empty or whitespace only: {_examples(empty)}")
+        report.warnings.append(f"{fname}: {_n(len(empty), 'caption')} without any word (empty, whitespace, punctuation "
+                               f"or zero-width characters only; training drops them): {_examples(empty)}")
     if short:
         report.warnings.append(f"{fname}: {_n(len(short), 'caption')} shorter than 23 words (RSTPReid promises "
                                f"at least 23): {_examples(short)}")
