@@ -38,7 +38,7 @@ def test_dvc_repro_tiny_then_noop(tmp_path):
     dvc = [sys.executable, "-m", "dvc"]
 
     def run(*args):
-        proc = subprocess.run([*dvc, *args], cwd=work, env=env, capture_output=True, text=True, timeout=600)
+        proc = subprocess.run([*dvc, *args], cwd=work, env=env, capture_output=True, text=True, timeout=1800)
         assert proc.returncode == 0, proc.stdout[-3000:] + proc.stderr[-3000:]
         return proc.stdout
 

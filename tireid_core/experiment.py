@@ -121,8 +121,12 @@ class Experiment:
         return identity_batches(self.train_pids, p, tp.batch_size // p, tp.seed, epoch)
 
     def image_loader(self, train: bool) -> ImageLoader:
-        d = self.params.data
-        return ImageLoader(d.height, d.width, train=train, hflip=d.hflip, normalize=d.normalize, cache=self.image_cache)
+        return _image_loader(self.params, train, self.image_cache)
+
+
+def _image_loader(params: RunParams, train: bool, cache: dict | None) -> ImageLoader:
+    d = params.data
+    return ImageLoader(d.height, d.width, train=train, hflip=d.hflip, normalize=d.normalize, cache=cache)
 
 
 def build_experiment(params: RunParams, method: Method | None = None) -> Experiment:
@@ -131,7 +135,7 @@ def build_experiment(params: RunParams, method: Method | None = None) -> Experim
     seed_everything(params.train.seed)
     d = params.data
     image_cache = {} if d.cache_images else None
-    loader = ImageLoader(d.height, d.width, train=True, hflip=d.hflip, normalize=d.normalize, cache=image_cache)
+    loader = _image_loader(params, True, image_cache)
     if method.task == "image_reid":
         dataset = load_reid_dataset(d.dataset, Path(d.root))
         if params.train.batch_size % d.ids_per_batch:
@@ -142,6 +146,7 @@ def build_experiment(params: RunParams, method: Method | None = None) -> Experim
         train_pids = [im.pid for im in dataset.train]
         val_set, test_set = None, ReIDEvalSet("test", dataset.query, dataset.gallery)
         tokenizer = None
+        paths = [im.path for im in (*dataset.train, *dataset.query, *dataset.gallery)]
     else:
         dataset = load_text_image_dataset(d.dataset, Path(d.root))
         train_pairs = drop_wordless_captions(dataset.pairs("train"))
@@ -158,9 +163,6 @@ def build_experiment(params: RunParams, method: Method | None = None) -> Experim
         val_set = build_eval_set(dataset, "val") if has_val else None
         test_set = build_eval_set(dataset, "test")
         tokenizer = build_tokenizer(params, [p.caption for p in train_pairs], method.model.text_needs.cls_sep)
-    if method.task == "image_reid":
-        paths = [im.path for im in (*dataset.train, *dataset.query, *dataset.gallery)]
-    else:
         paths = [p.path for p in train_pairs] + [p for s in (val_set, test_set) if s is not None for p in s.image_paths]
     verify_images(paths, f"{d.dataset} at {d.root}")
     vocab_size = tokenizer.vocab_size if isinstance(tokenizer, WordTokenizer) else 0  # HF encoders bring their own

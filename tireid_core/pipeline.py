@@ -42,8 +42,9 @@ def imports_of_source(source: str, root: Path = REPO) -> set[str]:
         if isinstance(node, ast.Import):
             names = [a.name for a in node.names]
         elif isinstance(node, ast.ImportFrom) and node.module and node.level == 0:
-            # `from pkg import name`: name may be a submodule
-            names = [node.module] + [f"{node.module}.{a.name}" for a in node.names]
+            # `from pkg import name`: the submodule pkg.name when there is one, else pkg itself
+            names = [f"{node.module}.{a.name}" if module_file(f"{node.module}.{a.name}", root) else node.module
+                     for a in node.names]
         else:
             continue
         for name in names:
