@@ -114,3 +114,22 @@ def test_generator_names_the_bad_key(tmp_path):
 def test_notebook_failure_names_the_notebook_and_cell(tmp_path):
     _check(_cli("tireid_core.run", "ssan", "--profile", "tiny", "--out", str(tmp_path), "--set",
                 f"ssan.out_dir={tmp_path / 'none'}"), "notebooks/ssan.ipynb failed in cell")
+
+
+def test_resume_without_a_checkpoint_says_it_starts_from_scratch(tmp_path, capsys):
+    from tireid_core.train import main
+
+    code = main(["baseline", "--row", "full", "--profile", "tiny", "--resume", "--set",
+                 f"baseline.out_dir={tmp_path}", "--set", "baseline.data.root=/nonexistent"])
+    err = capsys.readouterr().err
+    assert code == 2 and "--resume: no " in err and "starting from scratch" in err
+
+
+@pytest.mark.slow
+def test_an_error_inside_training_is_the_last_thing_printed(tiny_simpedes, tmp_path):
+    """No library shutdown noise (`ImportError: sys.meta_path is None`) after the real message."""
+    proc = _cli("tireid_core.train", "baseline", "--row", "full", "--profile", "tiny", "--set",
+                f"baseline.out_dir={tmp_path}", "--set", f"baseline.data.root={tiny_simpedes}", "--set",
+                "baseline.train.lr=1e30", "--set", "baseline.train.warmup_epochs=0")
+    _check(proc, "training diverged at epoch 1")
+    assert "sys.meta_path" not in proc.stderr
