@@ -221,11 +221,6 @@ def query_tokens_and_part_labels(root: str | Path, evalset) -> tuple[list[list[s
     return tokens, labels
 
 
-def in_vocabulary(vocab, tokens: list[str]) -> list[bool]:
-    """Which tokens a word vocabulary keeps (out-of-vocabulary words are deleted before the text branch)."""
-    return [len(vocab.encode_tokens([t])) == 1 for t in tokens]
-
-
 def token_label_table(meta: dict, reid_raw: list, image_index: int, caption_index: int = 0) -> pd.DataFrame:
     """The per-token part labels of one caption (what SSAN/CMR attention is scored against)."""
     tokens = reid_raw[image_index]["processed_tokens"][caption_index]

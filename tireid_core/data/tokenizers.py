@@ -140,6 +140,10 @@ class WordVocab:
         """Rows an embedding table needs: padding + words (+ UNK)."""
         return len(self.words) + 1 + (1 if self.unk else 0)
 
+    def kept(self, tokens: Sequence[str]) -> list[bool]:
+        """Which tokens `encode_tokens` keeps (out-of-vocabulary words are deleted unless the vocabulary has UNK)."""
+        return [len(self.encode_tokens([t])) == 1 for t in tokens]
+
     def encode_tokens(self, tokens: Sequence[str]) -> list[int]:
         if self.unk:
             return [self.index.get(t.lower(), self.unk_id) for t in tokens]

@@ -273,7 +273,7 @@ def gates_for_tokens(model: SSAN, vocab, token_lists: list[list[str]]) -> list[t
     model.eval()
     out = []
     for tokens in token_lists:
-        kept = [len(vocab.encode_tokens([t])) == 1 for t in tokens]
+        kept = vocab.kept(tokens)
         encoded = vocab.encode_tokens(tokens)
         ids = torch.tensor([encoded or [0]])
         mask = torch.tensor([[True] * len(encoded) or [False]])
