@@ -18,6 +18,7 @@ from tireid_core.experiment import Experiment, TextImageEvalSet
 from tireid_core.io import atomic_torch_save, load_checkpoint, load_model_state, write_json
 from tireid_core.metrics import metrics_record, reid_metrics, retrieval_metrics
 from tireid_core.runtime import image_batch, to_device
+from tireid_core.stats import bootstrap_interval
 
 SUMMARY_KEYS = ("R@1", "R@5", "R@10", "rSum", "mAP", "mINP")
 
@@ -68,29 +69,37 @@ def encode_eval_set(exp: Experiment, evalset, device: torch.device, model: nn.Mo
     return gallery, queries
 
 
-def score_metrics(exp: Experiment, evalset, scores: dict[str, torch.Tensor]) -> dict[str, dict]:
-    """Metrics of every named query × gallery score matrix."""
+def score_metrics(exp: Experiment, evalset, scores: dict[str, torch.Tensor],
+                  per_query_for: str | None = None) -> dict[str, dict]:
+    """Metrics of every named query × gallery score matrix; the one named `per_query_for` also gets the per-query
+    values behind its R@1 and mAP (key "per_query", see `retrieval_metrics`)."""
     e = exp.params.eval
+    if per_query_for is not None and per_query_for not in scores:
+        raise KeyError(f"no score matrix named {per_query_for!r} (have {sorted(scores)})")
     if isinstance(evalset, TextImageEvalSet):
         qp, gp = torch.tensor(evalset.caption_pids), torch.tensor(evalset.image_pids)
-        return {name: retrieval_metrics(s, qp, gp, ap_convention=e.ap_convention, tie_mode=e.tie_mode)
+        return {name: retrieval_metrics(s, qp, gp, ap_convention=e.ap_convention, tie_mode=e.tie_mode,
+                                        per_query=name == per_query_for)
                 for name, s in scores.items()}
     q, g = evalset.query, evalset.gallery
     ids = [torch.tensor([getattr(im, a) for im in ims]) for ims, a in ((q, "pid"), (g, "pid"), (q, "camid"),
                                                                        (g, "camid"))]
     if e.tie_mode != "stable":
         raise ValueError(f"{exp.params.method}.eval.tie_mode: image ReID supports only the stable tie rule")
-    return {name: reid_metrics(-s, *ids, ap_convention=e.ap_convention) for name, s in scores.items()}
+    return {name: reid_metrics(-s, *ids, ap_convention=e.ap_convention, per_query=name == per_query_for)
+            for name, s in scores.items()}
 
 
-def evaluate(exp: Experiment, evalset, device: torch.device, model: nn.Module | None = None) -> dict:
-    """Metrics per similarity the model exposes ("final" first), with the features and score matrices."""
+def evaluate(exp: Experiment, evalset, device: torch.device, model: nn.Module | None = None,
+             per_query_for: str | None = None) -> dict:
+    """Metrics per similarity the model exposes ("final" first), with the features and score matrices
+    (`per_query_for`: see `score_metrics`)."""
     model = model or exp.model
     gallery, queries = encode_eval_set(exp, evalset, device, model)
     with torch.no_grad():
         scores = model.similarities(gallery, queries)
-    return {"metrics": score_metrics(exp, evalset, scores), "gallery_feats": gallery, "query_feats": queries,
-            "scores": scores}
+    return {"metrics": score_metrics(exp, evalset, scores, per_query_for), "gallery_feats": gallery,
+            "query_feats": queries, "scores": scores}
 
 
 def summary(m: dict) -> dict:
@@ -98,8 +107,25 @@ def summary(m: dict) -> dict:
     return {k: round(float(m[k]), 2) for k in SUMMARY_KEYS if k in m}
 
 
+def per_query_record(per_query: dict) -> dict:
+    """JSON-ready per-query values (`retrieval_metrics(..., per_query=True)["per_query"]`), rounded to 6 decimals."""
+    return {"R@1": [round(float(v), 6) for v in per_query["R@1"]],
+            "AP": [round(float(v), 6) for v in per_query["AP"]],
+            "query_index": [int(i) for i in per_query["query_index"]]}
+
+
+def bootstrap_ci95(per_query: dict) -> dict:
+    """95 % percentile-bootstrap intervals (1000 resamples of the test queries, seed 0) of R@1 and mAP, in percent."""
+    return {"R@1": list(bootstrap_interval(per_query["R@1"], n_resamples=1000, level=0.95, seed=0)),
+            "mAP": list(bootstrap_interval(per_query["AP"], n_resamples=1000, level=0.95, seed=0))}
+
+
 def final_evaluation(exp: Experiment, device: torch.device, history: list, best: dict) -> dict:
-    """Evaluate the last and the selected (best) models on test; write metrics, eval records and test features."""
+    """Evaluate the last and the selected (best) models on test; write metrics, eval records and test features.
+
+    For the selected model's "final" scores, the per-query hit@1 and AP go to eval/test_best_per_query.json and their
+    bootstrap intervals to metrics.json ["best"]["test_ci95"], so that ablation tables can show which gaps are noise.
+    """
     params, model = exp.params, exp.model
     run_dir = exp.run_dir
     context = {
@@ -115,7 +141,8 @@ def final_evaluation(exp: Experiment, device: torch.device, history: list, best:
     last_state = {k: v.detach().clone() for k, v in model.state_dict().items()}
     best_path = run_dir / "checkpoints" / "best.pt"
     load_model_state(model, load_checkpoint(best_path), best_path)
-    best_eval = evaluate(exp, exp.test_set, device)
+    best_eval = evaluate(exp, exp.test_set, device, per_query_for="final")
+    per_query = best_eval["metrics"]["final"].pop("per_query")  # the eval records keep their usual keys
     summary_out: dict = {}
     for row, ev, epoch in (("best", best_eval, best["epoch"]), ("last", last_eval, len(history) - 1)):
         recs = {name: metrics_record(m, row=row, epoch=epoch, **context) for name, m in ev["metrics"].items()}
@@ -124,6 +151,8 @@ def final_evaluation(exp: Experiment, device: torch.device, history: list, best:
         if row == "best" and any("val/R@1" in h for h in history):
             summary_out[row]["val"] = {k: round(history[epoch][f"val/{k}"], 2) for k in SUMMARY_KEYS
                                        if f"val/{k}" in history[epoch]}
+    write_json(run_dir / "eval" / "test_best_per_query.json", per_query_record(per_query))
+    summary_out["best"]["test_ci95"] = bootstrap_ci95(per_query)
     summary_out["selection_split"] = context["selection_split"]
     summary_out["n_test_queries"] = int(best_eval["metrics"]["final"]["n_queries_valid"])
     write_json(run_dir / "history.json", history)

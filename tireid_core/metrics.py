@@ -11,6 +11,8 @@ Conventions, so that numbers are comparable with the reference code bases:
   is an error.
 * Returned dicts hold percentages at full float precision; only :func:`metrics_record` rounds to
   two decimals, so that averages over seeds are not computed from rounded values.
+* ``per_query=True`` adds the per-valid-query hit@1 and AP behind ``R@1`` and ``mAP`` (fractions;
+  their means x 100 are the aggregates), for bootstrap intervals (:mod:`tireid_core.stats`).
 
 The fast functions rank a block of queries with one sort, then read everything (R@K, AP, INP, CMC,
 tie diagnostic) off the positions of the positives. The slow per-query loops they are checked
@@ -268,6 +270,12 @@ def _valid_mask(n, kind):
     return valid, n_skipped
 
 
+def _per_query(valid, hit1, ap):
+    """The ``per_query`` entry: hit@1 (0/1, or its probability under tie_mode="expected") and AP of each valid
+    query as float64 CPU tensors (fractions, not percent), and the valid queries' row indices, in query order."""
+    return {"R@1": hit1[valid].double(), "AP": ap[valid].double(), "query_index": valid.nonzero().flatten()}
+
+
 def _clip_ks(ks, gallery_size):
     clipped = {f"R@{k}": min(k, gallery_size) for k in ks if k > gallery_size}
     return [min(k, gallery_size) for k in ks], clipped
@@ -338,7 +346,7 @@ def _load_aware(fn):
 
 @_load_aware
 def retrieval_metrics(scores, query_pids, gallery_pids, *, ap_convention="noninterp", tie_mode="stable",
-                      ks=(1, 5, 10), cmc_max_rank=10, block_rows=None):
+                      ks=(1, 5, 10), cmc_max_rank=10, block_rows=None, per_query=False):
     """Text-to-image retrieval metrics (docs/evaluation.md §1) from a (queries x gallery) similarity matrix.
 
     Higher score = better; match = same person id. For image-to-text pass ``scores.T`` with the
@@ -349,6 +357,9 @@ def retrieval_metrics(scores, query_pids, gallery_pids, *, ap_convention="nonint
     ``mINP``, ``cmc`` (ranks 1..min(cmc_max_rank, gallery)), plus ``n_queries_valid``,
     ``n_queries_skipped``, ``gallery_size``, ``ap_convention``, ``tie_rule``, ``tie_mode`` and
     ``tie_diagnostic`` (queries whose first positive is tied with a negative).
+
+    ``per_query=True`` adds ``per_query``: ``{"R@1", "AP", "query_index"}`` (see :func:`_per_query`), whose
+    ``R@1`` and ``AP`` means x 100 equal ``R@1`` and ``mAP``.
     """
     _check_conventions(ap_convention, tie_mode)
     s = _as_matrix(scores)
@@ -360,7 +371,7 @@ def retrieval_metrics(scores, query_pids, gallery_pids, *, ap_convention="nonint
         raise ValueError(f"ks must be positive, got {ks}")
     eff_ks, k_clipped = _clip_ks(ks, gallery_size)
     cmc_ranks = list(range(1, min(cmc_max_rank, gallery_size) + 1))
-    cutoffs = sorted(set(eff_ks) | set(cmc_ranks))
+    cutoffs = sorted(set(eff_ks) | set(cmc_ranks) | ({1} if per_query else set()))
 
     step = _block_rows(n_queries, gallery_size, block_rows, s.device, scale=4 if tie_mode == "expected" else 1)
     parts = []
@@ -393,19 +404,21 @@ def retrieval_metrics(scores, query_pids, gallery_pids, *, ap_convention="nonint
         tie_diagnostic=int(tied[valid].sum()),
         k_clipped=k_clipped,
     )
+    if per_query:
+        out["per_query"] = _per_query(valid, hit_prob[:, cutoffs.index(1)], ap)
     return out
 
 
 @_load_aware
 def reid_metrics(distmat, q_pids, g_pids, q_camids, g_camids, *, max_rank=50, ap_convention="noninterp",
-                 ks=(1, 5, 10), block_rows=None):
+                 ks=(1, 5, 10), block_rows=None, per_query=False):
     """Image ReID metrics (docs/evaluation.md §2) from a (queries x gallery) distance matrix, lower = better.
 
     Per query, gallery entries with the same pid and the same camera are removed (they take no rank);
     same pid on another camera is a positive; everything else, distractors (pid 0) included, is a
     negative. Junk (pid -1) must be removed beforehand. Returns ``cmc`` (percent, ranks
     1..min(max_rank, gallery)), ``R@K``, ``mAP``, ``mINP`` and the same bookkeeping keys as
-    :func:`retrieval_metrics` (``max_rank`` holds the clipped value).
+    :func:`retrieval_metrics` (``max_rank`` holds the clipped value), and ``per_query`` when asked (as there).
     """
     _check_conventions(ap_convention)
     d = _as_matrix(distmat)
@@ -431,6 +444,7 @@ def reid_metrics(distmat, q_pids, g_pids, q_camids, g_camids, *, max_rank=50, ap
     n, ap, inp, first_rank, tied = (torch.cat(col) for col in zip(*parts))
 
     valid, n_skipped = _valid_mask(n, "reid")
+    hit1 = first_rank == 1  # before the masking below; a valid query's first rank is >= 1
     first_rank = first_rank[valid]
     recall = {k: 100.0 * (first_rank <= k).double().mean().item()
               for k in set(range(1, max_rank + 1)) | set(eff_ks)}
@@ -449,6 +463,8 @@ def reid_metrics(distmat, q_pids, g_pids, q_camids, g_camids, *, max_rank=50, ap
         k_clipped=k_clipped,
         max_rank=max_rank,
     )
+    if per_query:
+        out["per_query"] = _per_query(valid, hit1, ap)
     return out
 
 

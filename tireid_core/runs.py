@@ -2,6 +2,7 @@
 
     run = load_run("ssan", "full")            # params, metrics, history, eval records, test features
     run.metrics_table()                       # best-on-val and last-epoch test metrics
+    paired_difference(baseline, run)          # R@1 gain over another run, with its paired-bootstrap 95 % interval
     exp = run.experiment()                    # dataset, tokenizer and the selected model (for analyses)
 
 A run that does not exist yet raises `RunMissing`, whose message names the command that produces it. With
@@ -15,9 +16,12 @@ from pathlib import Path
 
 import pandas as pd
 
-from tireid_core.evaluation import SUMMARY_KEYS, load_features, summary
+from tireid_core.evaluation import SUMMARY_KEYS, bootstrap_ci95, load_features, summary
 from tireid_core.io import load_checkpoint, load_model_state
 from tireid_core.params import RunParams, load_run_params, method_rows, resolve_params_file
+from tireid_core.stats import paired_bootstrap_difference
+
+PER_QUERY_FILE = "eval/test_best_per_query.json"  # written by `evaluation.final_evaluation`
 
 
 class RunMissing(FileNotFoundError):
@@ -41,6 +45,22 @@ class FinishedRun:
     def per_score_table(self, which: str = "best") -> pd.DataFrame:
         """Headline test metrics of every score matrix the model exposes."""
         return pd.DataFrame({name: summary(m) for name, m in self.eval_records(which).items()}).T
+
+    def per_query(self) -> dict:
+        """Per-query test values of the selected model's "final" scores: {"R@1": [...], "AP": [...], "query_index":
+        [...]} (fractions; query_index: the test queries that have a positive, in order)."""
+        path = self.run_dir / PER_QUERY_FILE
+        if not path.is_file():
+            raise RunMissing(f"{path}: no per-query test values for {self.method} row {self.row!r} (runs trained "
+                             "before per-query evaluation was added lack this file). Retrain the row, e.g. "
+                             f"`{train_command(self.method, self.row, 'demo')}` for the demo profile.")
+        return json.loads(path.read_text())
+
+    def test_ci95(self) -> dict:
+        """{"R@1": [low, high], "mAP": [low, high]}: 95 % bootstrap intervals of the best model's test metrics."""
+        ci = self.summary.get("best", {}).get("test_ci95")
+        # metrics.json written before intervals were added: recompute them the same way from the per-query file
+        return ci if ci is not None else bootstrap_ci95(self.per_query())
 
     def features(self) -> tuple[dict, dict]:
         """(gallery, queries) feature dicts of the selected model on test."""
@@ -104,14 +124,51 @@ def load_rows(method: str, params_file: str | Path | None = None, profile: str =
             for row in method_rows(method, params_file, profile=profile, sets=sets)}
 
 
+_PER_QUERY_KEYS = {"R@1": "R@1", "mAP": "AP", "AP": "AP"}
+
+
+def paired_difference(run_a: FinishedRun, run_b: FinishedRun, metric: str = "R@1", *, n_resamples: int = 1000,
+                      level: float = 0.95, seed: int = 0) -> dict:
+    """{"diff", "low", "high"}: test `metric` ("R@1" or "mAP") of `run_b` minus that of `run_a`, in points, with its
+    paired-bootstrap interval over the test queries (both runs' selected models, "final" scores)."""
+    if metric not in _PER_QUERY_KEYS:
+        raise ValueError(f"metric must be 'R@1' or 'mAP', got {metric!r}")
+    a, b = run_a.per_query(), run_b.per_query()
+    if a["query_index"] != b["query_index"]:
+        raise ValueError(f"{run_a.label!r} ({run_a.run_dir}) and {run_b.label!r} ({run_b.run_dir}) were not evaluated "
+                         f"on the same test queries ({len(a['query_index'])} vs {len(b['query_index'])} valid "
+                         "queries, or other indices): a paired comparison needs the same test set")
+    key = _PER_QUERY_KEYS[metric]
+    return paired_bootstrap_difference(a[key], b[key], n_resamples=n_resamples, level=level, seed=seed)
+
+
+def _interval(ci: list) -> str:
+    return f"{ci[0]:.1f}–{ci[1]:.1f}"
+
+
+def _difference(d: dict) -> str:
+    return f"{d['diff']:+.2f} [{d['low']:+.2f}, {d['high']:+.2f}]"
+
+
 def ablation_table(runs: dict[str, FinishedRun]) -> pd.DataFrame:
-    """One row per run: its label, the flags that make it (from params.yaml), best-on-val test metrics."""
+    """One row per run: its label, the flags that make it (from params.yaml), best-on-val test metrics.
+
+    Uncertainty: "R@1 95% CI" and "mAP 95% CI" (bootstrap over test queries), and for every row after the first the
+    difference to the previous row with its paired-bootstrap 95 % interval ("—" on the first row).
+    """
     rows = {}
+    previous = None
     for run in runs.values():
         best = run.summary["best"]
+        ci = run.test_ci95()
         rows[run.label] = {**{k: best["test"][k] for k in SUMMARY_KEYS if k in best["test"]},
-                           "epoch (best on val)": best["epoch"] + 1, "epochs": run.params.train.epochs}
-    return pd.DataFrame(rows).T
+                           "R@1 95% CI": _interval(ci["R@1"]), "mAP 95% CI": _interval(ci["mAP"])}
+        for metric in ("R@1", "mAP"):
+            rows[run.label][f"Δ{metric} vs previous [95% CI]"] = (
+                "—" if previous is None else _difference(paired_difference(previous, run, metric)))
+        rows[run.label].update({"epoch (best on val)": best["epoch"] + 1, "epochs": run.params.train.epochs})
+        previous = run
+    return pd.DataFrame.from_dict(rows, orient="index")
 
 
 def identical_rows(runs: dict[str, FinishedRun]) -> list[tuple[str, str]]:
