@@ -29,15 +29,37 @@ def tiny_simpedes(tmp_path_factory) -> Path:
     return out
 
 
+@pytest.fixture(scope="session")
+def tiny_stand_ins(tmp_path_factory, tiny_simpedes) -> dict[str, Path]:
+    """The tiny profile's pretrained stand-ins (image backbone file, BERT folder), made once per session from a
+    tiny separate draw, exactly as the pipeline's pretrain stages make them."""
+    from tireid_core.data.simpedes import SimPEDESParams, generate
+    from tireid_core.params import load_section
+    from tireid_core.pretrain import load_pretrain_params, pretrain_image, pretrain_text
+
+    root = tmp_path_factory.mktemp("pretrain")
+    section = dict(load_section("simpedes_pretrain", REPO / "params.yaml", profile="tiny"))
+    section.pop("out_dir")
+    generate(SimPEDESParams.from_dict(section), root / "draw")
+    params, _ = load_pretrain_params(REPO / "params.yaml", profile="tiny")
+    params.data, params.exclude = str(root / "draw"), str(tiny_simpedes)
+    params.image.out, params.text.out = str(root / "resnet_small"), str(root / "bert_small")
+    pretrain_image(params, root)
+    pretrain_text(params, root)
+    return {"image": root / "resnet_small" / "backbone.pth", "text": root / "bert_small", "draw": root / "draw"}
+
+
 @pytest.fixture
-def tiny_params(tmp_path, tiny_simpedes):
+def tiny_params(tmp_path, tiny_simpedes, tiny_stand_ins):
     def make(*sets: str, section: str = "baseline", row: str | None = None):
         return load_run_params(
             section,
             params_file=REPO / "params.yaml",
             row=row,
             profile="tiny",
-            sets=[f"{section}.out_dir={tmp_path / 'run'}", f"{section}.data.root={tiny_simpedes}", *sets],
+            sets=[f"{section}.out_dir={tmp_path / 'run'}", f"{section}.data.root={tiny_simpedes}",
+                  f"{section}.model.pretrained={tiny_stand_ins['image']}",
+                  f"{section}.model.text_model={tiny_stand_ins['text']}", *sets],
         )
 
     return make

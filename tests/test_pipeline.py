@@ -16,10 +16,13 @@ from tireid_core.pipeline import build_stages, import_closure, imports_of_source
 REPO = Path(__file__).resolve().parent.parent
 
 
+PATH_KEYS = ("out_dir", "root", "out", "data", "exclude", "pretrained", "text_model")
+
+
 def _strip_paths(d):
-    """Tiny sizes, but the demo paths that dvc.yaml declares."""
+    """Tiny sizes, but the demo paths that dvc.yaml declares (datasets, run folders, stand-ins)."""
     if isinstance(d, dict):
-        return {k: _strip_paths(v) for k, v in d.items() if k not in ("out_dir", "root")}
+        return {k: _strip_paths(v) for k, v in d.items() if not (k in PATH_KEYS and isinstance(v, str))}
     return d
 
 

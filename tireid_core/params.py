@@ -64,7 +64,8 @@ class ModelParams:
     pretrained: bool | str = False  # True = ImageNet weights through torchvision; or a local .pth path
     last_stride: int = 2
     text_encoder: Literal["bilstm", "transformer", "bert"] = "bilstm"
-    text_model: str = "bert-base-uncased"  # name or local folder, for text_encoder=bert
+    text_model: str = "bert-base-uncased"  # hub name, or a local folder written by save_pretrained ("./..." is
+    # relative to the params file), for text_encoder=bert
     text_pretrained: bool = True  # for text_encoder=bert
     word_min_count: int = 2  # vocabulary for bilstm/transformer
     word_embed_dim: int = 128
@@ -361,8 +362,8 @@ def load_run_params(method: str, params_file: str | Path | None = None, row: str
     then --set), checked by the method's own parameter class.
 
     `row` None takes the section as it is, with out_dir as the run folder; a row trains into ``<out_dir>/<row>``.
-    Relative paths (out_dir, data.root) resolve against the params file's folder, so a run does not depend on the
-    working directory it was started from.
+    Relative paths (out_dir, data.root, a model.pretrained file, a model.text_model starting with ./ or ../) resolve
+    against the params file's folder, so a run does not depend on the working directory it was started from.
     """
     from tireid_core.methods import get_method
 
@@ -387,6 +388,10 @@ def load_run_params(method: str, params_file: str | Path | None = None, row: str
     base = params_file.resolve().parent
     params.out_dir = str(base / params.out_dir / (row or ""))
     params.data.root = str(base / params.data.root)
+    if isinstance(params.model.pretrained, str):  # a local weights file (the demo's stand-in)
+        params.model.pretrained = str(base / params.model.pretrained)
+    if params.model.text_model.startswith(("./", "../")):  # a local save_pretrained folder, not a hub name
+        params.model.text_model = str((base / params.model.text_model).resolve())
     params.method, params.row = method, row or ""
     return params
 

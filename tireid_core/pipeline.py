@@ -5,7 +5,8 @@
 
 Every stage depends on exactly the core files its entry module (and notebook) imports, followed transitively through
 the package, so a change to one paper's model retrains that paper only, and a missing dependency cannot happen.
-Stages: the SimPEDES data, the tour notebook, then per method one ``train_<method>`` stage over its rows
+Stages: the SimPEDES data, the tour notebook, the separate pretraining draw and the pretrained stand-ins made from it
+(``pretrain_image``, ``pretrain_text``; tireid_core/pretrain.py), then per method one ``train_<method>`` stage over its rows
 (``<method>_rows`` in params.yaml), the method notebook and the analysis notebook, which read the finished runs.
 """
 from __future__ import annotations
@@ -22,6 +23,7 @@ REPO = Path(__file__).resolve().parent.parent
 PACKAGE = "tireid_core"
 # What each training run writes into its row folder (metrics.json is declared as a metric, uncached).
 RUN_OUTPUTS = ("checkpoints", "features_test.pt", "eval", "history.json", "params.resolved.yaml", "dvclive")
+BASELINE = "baseline"  # the method every paper's global-only row is compared with
 HEADER = ("# Written by `python -m tireid_core.pipeline` from params.yaml and the import graph; do not edit by hand\n"
           "# (tests/test_pipeline.py fails when this file is stale). `dvc repro` runs the demo profile on SimPEDES.\n")
 
@@ -110,6 +112,26 @@ def build_stages(root: Path = REPO) -> dict:
             "outs": [data_dir],
         },
     }
+    from tireid_core.pretrain import STAND_INS, load_pretrain_params, stand_in_output
+
+    pretrain_dir = load_section("simpedes_pretrain", params_file)["out_dir"]
+    stages["simpedes_pretrain"] = {
+        "cmd": f"python -m tireid_core.data.simpedes --params params.yaml --section simpedes_pretrain --out {pretrain_dir}",
+        "deps": code_deps({"tireid_core.data.simpedes.__main__"}, root=root),
+        "params": ["simpedes_pretrain"],
+        "outs": [pretrain_dir],
+    }
+    pretrain_params, _ = load_pretrain_params(params_file)
+    stand_ins = {}  # output path (relative to the repository) -> stage
+    for name in STAND_INS:
+        out = stand_in_output(name, pretrain_params)
+        stand_ins[out] = f"pretrain_{name}"
+        stages[f"pretrain_{name}"] = {
+            "cmd": f"python -m tireid_core.pretrain {name}",
+            "deps": [pretrain_dir, data_dir, *code_deps({"tireid_core.pretrain"}, root=root)],
+            "params": ["simpedes_pretrain.seed", "pretrain.data", "pretrain.exclude", f"pretrain.{name}"],
+            "outs": [out],
+        }
     plots = []
 
     def notebook_stage(name: str, params: list[str], deps: list[str], outs: list[str], metrics: list[str] = ()) -> None:
@@ -125,17 +147,20 @@ def build_stages(root: Path = REPO) -> dict:
         stages[name] = stage
 
     notebook_stage("simpedes_tour", ["simpedes"], [data_dir, "references/reference_results.yaml"], [])
+    baseline_dir = _rel(load_run_params(BASELINE, params_file, row="full").out_dir, root)
     for method in available_methods():
         rows = method_rows(method, params_file)
         run_dirs = {row: _rel(load_run_params(method, params_file, row=row).out_dir, root) for row in rows}
         method_dir = str(Path(run_dirs[next(iter(rows))]).parent)
         row_dir = f"{method_dir}/${{key}}"
+        weights = _stand_ins_used(load_run_params(method, params_file), stand_ins, root)
         stages[f"train_{method}"] = {
             "foreach": f"${{{method}_rows}}",
             "do": {
                 "cmd": f"python -m tireid_core.train {method} --row ${{key}}",
-                "deps": [data_dir, *code_deps({"tireid_core.train", "tireid_core.engine", "tireid_core.experiment",
-                                               f"tireid_core.models.{method}"}, root=root)],
+                "deps": [data_dir, *weights, *code_deps({"tireid_core.train", "tireid_core.engine",
+                                                          "tireid_core.experiment", f"tireid_core.models.{method}"},
+                                                         root=root)],
                 "params": [method, f"{method}_rows.${{key}}"],
                 "outs": [f"{row_dir}/{o}" for o in RUN_OUTPUTS],
                 "metrics": [{f"{row_dir}/metrics.json": {"cache": False}}],
@@ -144,15 +169,31 @@ def build_stages(root: Path = REPO) -> dict:
         finished = [f"{d}/{f}" for d in run_dirs.values()
                     for f in ("metrics.json", "history.json", "eval", "features_test.pt", "checkpoints")]
         refs = ["references/reference_results.yaml"]
+        reads = [data_dir, *weights, *finished, *refs]  # notebooks rebuild the selected model: the stand-ins too
         if (root / "notebooks" / f"{method}.ipynb").exists():
-            notebook_stage(method, [method, f"{method}_rows"], [data_dir, *finished, *refs], [f"{method_dir}/figures"])
+            notebook_stage(method, [method, f"{method}_rows"], reads, [f"{method_dir}/figures"])
         if (root / "notebooks" / f"{method}_analysis.ipynb").exists():
-            notebook_stage(f"{method}_analysis", [method, f"{method}_rows"], [data_dir, *finished, *refs], [f"{method_dir}/analysis/figures"],
+            # an analysis compares the paper's global-only row with the baseline's finished run
+            baseline = [] if method == BASELINE else [f"{baseline_dir}/{f}" for f in ("metrics.json", "eval")]
+            notebook_stage(f"{method}_analysis", [method, f"{method}_rows"], [*reads, *baseline], [f"{method_dir}/analysis/figures"],
                            metrics=[f"{method_dir}/analysis/analysis.json"])
         plots.append({f"{method}_val_R@1": {
             "template": "linear", "x": "step", "title": f"{method}: val R@1 per epoch, every row",
             "y": {f"{d}/dvclive/plots/metrics/val/R@1.tsv": "R@1" for d in run_dirs.values()}}})
     return {"stages": stages, "plots": plots}
+
+
+def _stand_ins_used(params, stand_ins: dict[str, str], root: Path) -> list[str]:
+    """The stand-in outputs a method's parameters load (its backbone file, its BERT folder), as stage deps."""
+    used = []
+    for path in (params.model.pretrained, params.model.text_model):
+        if isinstance(path, str) and Path(path).is_absolute():
+            try:
+                rel = _rel(path, root)
+            except ValueError:  # outside the repository: not made by the pipeline
+                continue
+            used += [out for out in stand_ins if rel == out or rel.startswith(out + "/")]
+    return used
 
 
 def render(root: Path = REPO) -> str:
