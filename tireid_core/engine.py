@@ -14,6 +14,7 @@ sum under "loss". The loop owns everything else, once:
 from __future__ import annotations
 
 import math
+import time
 from dataclasses import dataclass
 from typing import Callable
 
@@ -217,6 +218,7 @@ def fit(exp: Experiment, resume: bool = False, on_epoch_end: Callable[[int, dict
             pin_memory=device.type == "cuda",
         )
         bar = tqdm(loader, desc=f"epoch {epoch + 1}/{tp.epochs}", leave=False, disable=not is_main)
+        started = time.perf_counter()
         for step, batch in enumerate(bar):
             terms = step_fn(batch, epoch, step)
             for k, v in terms.items():
@@ -225,6 +227,7 @@ def fit(exp: Experiment, resume: bool = False, on_epoch_end: Callable[[int, dict
         running = dist.mean_over_ranks(running)  # each rank saw part of every batch
         record = {"epoch": epoch, **{f"train/{k}": v / len(batches) for k, v in running.items()}}
         record["lr"] = optimizer.param_groups[0]["lr"]
+        record["train_seconds"] = round(time.perf_counter() - started, 1)  # the budget a row actually had (wall time)
 
         if is_main:
             if exp.val_set is not None and tp.selection_split == "val":
