@@ -308,3 +308,174 @@ def heatmap_figure(matrix, row_labels: list[str], col_labels: list[str], title: 
     ax.set_title(title, fontsize=9)
     ax.tick_params(labelsize=7)
     return ax.figure
+
+
+# ----------------------------------------------------------------------------- part labels of a tokenizer's tokens
+
+
+def _word_spans(caption: str, words: list[str]) -> list[tuple[int, int] | None]:
+    """Character span of each word of `words` (lower-case word tokens, e.g. SimPEDES `processed_tokens`) in `caption`,
+    found left to right as whole words; None for a word that cannot be found after the previous one."""
+    import re
+
+    lower, position, spans = caption.lower(), 0, []
+    for word in words:
+        match = re.compile(rf"(?<![a-z0-9]){re.escape(word.lower())}(?![a-z0-9])").search(lower, position)
+        if match is None:
+            spans.append(None)
+            continue
+        spans.append(match.span())
+        position = match.end()
+    return spans
+
+
+def _token_offsets(tokenizer, caption: str) -> tuple[list[int], list[tuple[int, int] | None]]:
+    """`tokenizer.encode_with_offsets(caption)`, with the character span of unknown words restored where the tokenizer
+    hides it: HFTokenizer reports every special id, [UNK] included, as None, but an [UNK] is a real token of the caption
+    (a word unit of the model). After this, None marks only the tokens the tokenizer adds ([CLS], [SEP])."""
+    ids, offsets = tokenizer.encode_with_offsets(caption)
+    hf = getattr(tokenizer, "tokenizer", None)
+    if hf is not None and any(o is None for o in offsets):
+        raw = hf(caption, return_offsets_mapping=True, return_special_tokens_mask=True)
+        if list(raw["input_ids"]) == list(ids):
+            offsets = [None if special else (o if o is not None else tuple(span))
+                       for o, span, special in zip(offsets, raw["offset_mapping"], raw["special_tokens_mask"])]
+    return list(ids), list(offsets)
+
+
+def tokenized_part_labels(tokenizer, caption: str, words: list[str],
+                          word_labels: list[str]) -> tuple[list[str], list[str]]:
+    """The caption's tokens as `tokenizer` cuts it, each with the part label of the word it lies in.
+
+    `words` / `word_labels`: the caption's word tokens and their labels (SimPEDES `processed_tokens` and `part_labels`,
+    see `query_tokens_and_part_labels`). Works with any tokenizer that has `encode_with_offsets` (WordTokenizer,
+    HFTokenizer): every token whose character span lies inside a word's span takes that word's label (all WordPieces
+    of a word, an [UNK] standing for it); a token without a letter or digit (punctuation, "-" of "t-shirt" as BERT
+    splits it) or outside every word is "none". The tokens the tokenizer adds ([CLS], [SEP]) are left out, so for a
+    [CLS] … [SEP] layout the i-th entry is the model's i-th word unit (NAFS `text_unit_slices()["words"]`, positions
+    1.. of the caption); out-of-vocabulary words a word vocabulary deletes are absent, as they are from the model.
+
+    Returns (tokens, labels): the tokens as their text in the caption ("[UNK]"-free), one label per token.
+    """
+    if len(words) != len(word_labels):
+        raise ValueError(f"{len(words)} words but {len(word_labels)} labels")
+    spans = [(s, lab) for s, lab in zip(_word_spans(caption, words), word_labels) if s is not None]
+    _, offsets = _token_offsets(tokenizer, caption)
+    tokens, labels = [], []
+    for span in offsets:
+        if span is None:
+            continue
+        start, end = span
+        text = caption[start:end]
+        label = "none"
+        if any(ch.isalnum() for ch in text):
+            label = next((lab for (lo, hi), lab in spans if lo <= start and end <= hi), "none")
+        tokens.append(text)
+        labels.append(label)
+    return tokens, labels
+
+
+# ----------------------------------------------------------------------------- claims, recipes, curves
+
+
+def format_difference(diff: dict, metric: str = "R@1") -> str:
+    """"+x.xx R@1 [+lo, +hi]" of a paired difference ({"diff", "low", "high"} in points)."""
+    return f"{diff['diff']:+.2f} {metric} [{diff['low']:+.2f}, {diff['high']:+.2f}]"
+
+
+def claim_verdict(name: str, diff: dict, direction: str = "higher", *, dataset: str = "SimPEDES",
+                  profile: str = "demo", metric: str = "R@1") -> str:
+    """One sentence on a paper's claim, from the paired difference (claimed model minus the one it should beat, as
+    `runs.paired_difference` returns it) and its 95 % interval.
+
+    direction "higher": the claim is that the difference is above 0 ("lower": below). Reproduced when the whole
+    interval lies on the claimed side of 0, contradicted when it lies wholly on the other side, otherwise not
+    reproduced (the interval contains 0: the data cannot tell the two apart).
+    """
+    if direction not in ("higher", "lower"):
+        raise ValueError(f"direction must be 'higher' or 'lower', got {direction!r}")
+    low, high = float(diff["low"]), float(diff["high"])
+    if not (low <= high) or any(v != v for v in (low, high, float(diff["diff"]))):
+        raise ValueError(f"not an interval: {diff!r}")
+    where = f"{dataset} {profile}".strip()
+    text = format_difference(diff, metric)
+    claimed_side = low > 0 if direction == "higher" else high < 0
+    other_side = high < 0 if direction == "higher" else low > 0
+    if claimed_side:
+        return f"{name}: reproduced on {where}: {text}"
+    if other_side:
+        return f"{name}: contradicted on {where}: {text}"
+    return f"{name}: not reproduced on {where}: the difference {text} is within noise (the interval contains 0)"
+
+
+def agreement_line(name: str, diff: dict, metric: str = "R@1") -> str:
+    """For two runs that should agree: the paired difference and whether its 95 % interval contains 0."""
+    contains = float(diff["low"]) <= 0.0 <= float(diff["high"])
+    verdict = ("the interval contains 0: they agree within noise" if contains else
+               "the interval does not contain 0: they differ by more than query-sampling noise")
+    return f"{name}: {format_difference(diff, metric)}; {verdict}"
+
+
+def recipe_line(train) -> str:
+    """The training recipe of a run's `train` parameters in one line (epochs, batch, lr, schedule, backbone_lr_mult)."""
+    schedule = train.schedule
+    if schedule in ("step", "epoch_multistep") and train.milestones:
+        schedule += f" (×{train.gamma:g} at epochs {', '.join(str(m) for m in train.milestones)})"
+    return (f"{train.epochs} epochs, batch size {train.batch_size}, lr {train.lr:g}, {schedule} schedule with "
+            f"{train.warmup_epochs} warm-up epoch{'s' if train.warmup_epochs != 1 else ''}, "
+            f"backbone_lr_mult {train.backbone_lr_mult:g}")
+
+
+def recipe_summary(runs: dict) -> list[str]:
+    """Lines saying which recipe the runs ({name: FinishedRun}) trained with: one line when all share it, else one
+    line per recipe with the rows that use it."""
+    by_recipe: dict[str, list[str]] = {}
+    for run in runs.values():
+        by_recipe.setdefault(recipe_line(run.params.train), []).append(run.label)
+    if len(by_recipe) == 1:
+        return [f"all {len(runs)} rows share one recipe: {next(iter(by_recipe))}"]
+    return ["WARNING: the rows do not share one recipe"] + [f"{', '.join(labels)}: {line}"
+                                                         for line, labels in by_recipe.items()]
+
+
+def metric_curve(history: list[dict], key: str = "val/R@1") -> pd.Series:
+    """`key` per epoch (1-based) of a run's history; empty when the run did not log it."""
+    points = {int(h["epoch"]) + 1: float(h[key]) for h in history if key in h}
+    return pd.Series(points, name=key, dtype=float).sort_index()
+
+
+def curve_trend(history: list[dict], key: str = "val/R@1", span: int = 2, climbing: float = 1.0) -> dict:
+    """Gain of `key` over the last `span` epochs (fewer when the run is shorter): {"from_epoch", "to_epoch", "gain",
+    "trend"}, trend "still climbing" when the gain is at least `climbing` points, else "flat"."""
+    curve = metric_curve(history, key)
+    if len(curve) < 2:
+        return {"from_epoch": None, "to_epoch": None, "gain": float("nan"), "trend": "too few epochs"}
+    first = curve.index[max(0, len(curve) - 1 - span)]
+    last = curve.index[-1]
+    gain = float(curve[last] - curve[first])
+    return {"from_epoch": int(first), "to_epoch": int(last), "gain": gain,
+            "trend": "still climbing" if gain >= climbing else "flat"}
+
+
+def curve_trend_line(label: str, history: list[dict], key: str = "val/R@1", span: int = 2,
+                     climbing: float = 1.0) -> str:
+    t = curve_trend(history, key, span, climbing)
+    if t["from_epoch"] is None:
+        return f"{label}: {key} logged for fewer than 2 epochs"
+    return f"{label}: {key} {t['gain']:+.2f} from epoch {t['from_epoch']} to {t['to_epoch']}: {t['trend']}"
+
+
+def curves_figure(histories: dict[str, list[dict]], key: str = "val/R@1"):
+    """`key` per epoch, one line per run ({label: history}); runs that did not log it are left out."""
+    fig, ax = plt.subplots(figsize=(7.5, 3.6))
+    for label, history in histories.items():
+        curve = metric_curve(history, key)
+        if len(curve):
+            ax.plot(curve.index, curve.values, marker="o", label=label)
+    ax.xaxis.set_major_locator(plt.MaxNLocator(integer=True))
+    ax.set_xlabel("epoch")
+    ax.set_ylabel(key + " (%)")
+    ax.set_title(f"{key} per epoch")
+    ax.legend(fontsize=7, loc="center left", bbox_to_anchor=(1.02, 0.5))
+    fig.tight_layout()
+    return fig
