@@ -465,6 +465,16 @@ def curve_trend_line(label: str, history: list[dict], key: str = "val/R@1", span
     return f"{label}: {key} {t['gain']:+.2f} from epoch {t['from_epoch']} to {t['to_epoch']}: {t['trend']}"
 
 
+def budget_caveat(runs: list, key: str = "val/R@1") -> str:
+    """A plain sentence when a comparison involves runs still climbing at their last epoch (see `curve_trend`): their
+    gap measures the demo budget as much as the components. Empty when every run's curve is flat."""
+    climbing = [run.label for run in runs if curve_trend(run.history, key)["trend"] == "still climbing"]
+    if not climbing:
+        return ""
+    return (f"  caveat: {'; '.join(climbing)} {'is' if len(climbing) == 1 else 'are'} still climbing at the last epoch, "
+            "so this difference reflects the short demo budget as well as the components")
+
+
 def curves_figure(histories: dict[str, list[dict]], key: str = "val/R@1"):
     """`key` per epoch, one line per run ({label: history}); runs that did not log it are left out."""
     fig, ax = plt.subplots(figsize=(7.5, 3.6))
