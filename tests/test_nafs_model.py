@@ -322,7 +322,12 @@ def test_experiment_tokenizes_with_cls_sep_and_pieces(tiny_params):
     whole = lengths < exp.params.data.max_words  # a caption cut at max_words may lose [SEP] (docs/nafs.md §2.2)
     assert whole.any()
     assert (b["ids"][whole, lengths[whole] - 1] == tok.sep_id).all()
-    words = b["mask"] & (b["ids"] != tok.cls_id) & (b["ids"] != tok.sep_id)
+    # word tokens (not [CLS]/[SEP], not punctuation, which BERT keeps as tokens) belong to a sub-sentence
+    texts = [tok.tokenizer.convert_ids_to_tokens(row) for row in b["ids"].tolist()]
+    wordlike = torch.tensor([[any(ch.isalnum() for ch in t) and t not in ("[CLS]", "[SEP]", "[PAD]", "[UNK]")
+                              for t in row] for row in texts])
+    words = b["mask"] & wordlike
+    assert words.any()
     assert (b["pieces"][:, 0] == -1).all() and (b["pieces"][words] >= 0).all()
     exp.model.train()
     terms = exp.model(b)

@@ -63,3 +63,18 @@ def test_sub_sentence_spans():
     assert sub_sentence_spans("No punctuation at all") == [0, 0, 0, 0]
     assert sub_sentence_spans("Red hat,, , blue shoes...") == [0, 0, 1, 1]  # empty pieces are skipped
     assert sub_sentence_spans("") == []
+
+
+def test_hf_unknown_words_keep_their_span_and_sub_sentence(tiny_bert_dir):
+    """An [UNK] stands for a real word: it keeps its character span, so NAFS's sub-sentence units include it; only
+    the tokens the tokenizer adds ([CLS], [SEP]) have no span."""
+    from tireid_core.data.tokenizers import HFTokenizer
+
+    tok = HFTokenizer(str(tiny_bert_dir))
+    caption = "A man, zzzq shoes."  # 'zzzq' is not in the tiny vocabulary (nor are its pieces)
+    ids, offsets = tok.encode_with_offsets(caption)
+    unk = ids.index(tok.tokenizer.unk_token_id)
+    assert caption[slice(*offsets[unk])] == "zzzq"
+    assert offsets[0] is None and offsets[-1] is None and all(o is not None for o in offsets[1:-1])
+    _, _, pieces = tok.encode_batch_pieces([caption], 12)
+    assert pieces[0, unk] == 1  # the second sub-sentence, like "shoes"

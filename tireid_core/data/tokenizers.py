@@ -216,9 +216,11 @@ class HFTokenizer(Tokenizer):
         return self.tokenizer(caption)["input_ids"]
 
     def encode_with_offsets(self, caption: str) -> tuple[list[int], list[tuple[int, int] | None]]:
-        out = self.tokenizer(caption, return_offsets_mapping=True)
-        special = set(self.tokenizer.all_special_ids)
-        offsets = [None if i in special else tuple(span) for i, span in zip(out["input_ids"], out["offset_mapping"])]
+        """None only for the tokens the tokenizer adds ([CLS], [SEP]): an [UNK] stands for a real word of the caption
+        and keeps its span (so its sub-sentence is known)."""
+        out = self.tokenizer(caption, return_offsets_mapping=True, return_special_tokens_mask=True)
+        offsets = [None if added else tuple(span)
+                   for span, added in zip(out["offset_mapping"], out["special_tokens_mask"])]
         return out["input_ids"], offsets
 
     def encode_batch(self, captions: Sequence[str], max_len: int) -> tuple[torch.Tensor, torch.Tensor]:
