@@ -21,7 +21,7 @@ import yaml
 
 REPO = Path(__file__).resolve().parent.parent
 PACKAGE = "tireid_core"
-# What each training run writes into its row folder (metrics.json is declared as a metric, uncached).
+# What each training run writes into its row folder (metrics.json is declared as a metric, cached like the outputs).
 RUN_OUTPUTS = ("checkpoints", "features_test.pt", "eval", "history.json", "params.resolved.yaml", "dvclive")
 BASELINE = "baseline"  # the method every paper's global-only row is compared with
 HEADER = ("# Written by `python -m tireid_core.pipeline` from params.yaml and the import graph; do not edit by hand\n"
@@ -143,7 +143,7 @@ def build_stages(root: Path = REPO) -> dict:
             "outs": [f"runs/demo/notebooks/{name}.ipynb", f"runs/demo/notebooks/{name}.html", *outs],
         }
         if metrics:
-            stage["metrics"] = [{m: {"cache": False}} for m in metrics]
+            stage["metrics"] = metrics
         stages[name] = stage
 
     notebook_stage("simpedes_tour", ["simpedes"], [data_dir, "references/reference_results.yaml"], [])
@@ -163,7 +163,8 @@ def build_stages(root: Path = REPO) -> dict:
                                                          root=root)],
                 "params": [method, f"{method}_rows.${{key}}"],
                 "outs": [f"{row_dir}/{o}" for o in RUN_OUTPUTS],
-                "metrics": [{f"{row_dir}/metrics.json": {"cache": False}}],
+                # cached (not git-tracked: runs/ is ignored), so `dvc exp show` reads each experiment's metrics
+                "metrics": [f"{row_dir}/metrics.json"],
             },
         }
         finished = [f"{d}/{f}" for d in run_dirs.values()
