@@ -329,20 +329,6 @@ def _word_spans(caption: str, words: list[str]) -> list[tuple[int, int] | None]:
     return spans
 
 
-def _token_offsets(tokenizer, caption: str) -> tuple[list[int], list[tuple[int, int] | None]]:
-    """`tokenizer.encode_with_offsets(caption)`, with the character span of unknown words restored where the tokenizer
-    hides it: HFTokenizer reports every special id, [UNK] included, as None, but an [UNK] is a real token of the caption
-    (a word unit of the model). After this, None marks only the tokens the tokenizer adds ([CLS], [SEP])."""
-    ids, offsets = tokenizer.encode_with_offsets(caption)
-    hf = getattr(tokenizer, "tokenizer", None)
-    if hf is not None and any(o is None for o in offsets):
-        raw = hf(caption, return_offsets_mapping=True, return_special_tokens_mask=True)
-        if list(raw["input_ids"]) == list(ids):
-            offsets = [None if special else (o if o is not None else tuple(span))
-                       for o, span, special in zip(offsets, raw["offset_mapping"], raw["special_tokens_mask"])]
-    return list(ids), list(offsets)
-
-
 def tokenized_part_labels(tokenizer, caption: str, words: list[str],
                           word_labels: list[str]) -> tuple[list[str], list[str]]:
     """The caption's tokens as `tokenizer` cuts it, each with the part label of the word it lies in.
@@ -360,7 +346,7 @@ def tokenized_part_labels(tokenizer, caption: str, words: list[str],
     if len(words) != len(word_labels):
         raise ValueError(f"{len(words)} words but {len(word_labels)} labels")
     spans = [(s, lab) for s, lab in zip(_word_spans(caption, words), word_labels) if s is not None]
-    _, offsets = _token_offsets(tokenizer, caption)
+    _, offsets = tokenizer.encode_with_offsets(caption)  # None only for added tokens ([CLS], [SEP])
     tokens, labels = [], []
     for span in offsets:
         if span is None:
