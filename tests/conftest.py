@@ -49,8 +49,19 @@ def tiny_stand_ins(tmp_path_factory, tiny_simpedes) -> dict[str, Path]:
     return {"image": root / "resnet_small" / "backbone.pth", "text": root / "bert_small", "draw": root / "draw"}
 
 
+@pytest.fixture(scope="session")
+def stand_in_sets(tiny_stand_ins):
+    """`--set` values pointing a method's tiny profile at the session's stand-ins: a clean checkout has no
+    data/tiny/pretrained (the pipeline's tiny run makes it), so tests never read that folder."""
+    def sets(section: str) -> list[str]:
+        return [f"{section}.model.pretrained={tiny_stand_ins['image']}",
+                f"{section}.model.text_model={tiny_stand_ins['text']}"]
+
+    return sets
+
+
 @pytest.fixture
-def tiny_params(tmp_path, tiny_simpedes, tiny_stand_ins):
+def tiny_params(tmp_path, tiny_simpedes, stand_in_sets):
     def make(*sets: str, section: str = "baseline", row: str | None = None):
         return load_run_params(
             section,
@@ -58,8 +69,7 @@ def tiny_params(tmp_path, tiny_simpedes, tiny_stand_ins):
             row=row,
             profile="tiny",
             sets=[f"{section}.out_dir={tmp_path / 'run'}", f"{section}.data.root={tiny_simpedes}",
-                  f"{section}.model.pretrained={tiny_stand_ins['image']}",
-                  f"{section}.model.text_model={tiny_stand_ins['text']}", *sets],
+                  *stand_in_sets(section), *sets],
         )
 
     return make

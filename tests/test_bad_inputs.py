@@ -40,8 +40,12 @@ def broken_data(tmp_path_factory, tiny_simpedes):
     return out
 
 
-def _tiny(method="baseline", root=None):
-    return ["--profile", "tiny", "--set", f"{method}.out_dir={Path('/tmp') / 'tireid_bad_inputs'}"] + (
+def _sets(*values):
+    return sum((["--set", v] for v in values), [])
+
+
+def _tiny(stand_ins, method="baseline", root=None):
+    return ["--profile", "tiny", *_sets(f"{method}.out_dir={Path('/tmp') / 'tireid_bad_inputs'}", *stand_ins(method))] + (
         ["--set", f"{method}.data.root={root}"] if root else [])
 
 
@@ -86,10 +90,10 @@ def _check(proc, expected):
 
 
 @pytest.mark.slow
-def test_bad_files(broken_data):
-    _check(_cli("tireid_core.train", "baseline", "--row", "full", *_tiny(root=broken_data["bad_json"])),
+def test_bad_files(broken_data, stand_in_sets):
+    _check(_cli("tireid_core.train", "baseline", "--row", "full", *_tiny(stand_in_sets, root=broken_data["bad_json"])),
            "reid_raw.json")
-    _check(_cli("tireid_core.train", "baseline", "--row", "full", *_tiny(root=broken_data["bad_image"])),
+    _check(_cli("tireid_core.train", "baseline", "--row", "full", *_tiny(stand_in_sets, root=broken_data["bad_image"])),
            broken_data["bad_image_file"].name)
     _check(_cli("tireid_core.train", "baseline", "--params", str(broken_data["bad_params"])),
            "params.yaml: not valid YAML at line 2")
@@ -99,9 +103,10 @@ def test_bad_files(broken_data):
 
 
 @pytest.mark.slow
-def test_corrupt_checkpoint_on_resume(broken_data, tiny_simpedes):
-    _check(_cli("tireid_core.train", "baseline", "--row", "full", "--resume", "--profile", "tiny", "--set",
-                f"baseline.out_dir={broken_data['ckpt_dir']}", "--set", f"baseline.data.root={tiny_simpedes}"),
+def test_corrupt_checkpoint_on_resume(broken_data, tiny_simpedes, stand_in_sets):
+    _check(_cli("tireid_core.train", "baseline", "--row", "full", "--resume", "--profile", "tiny",
+                *_sets(f"baseline.out_dir={broken_data['ckpt_dir']}", f"baseline.data.root={tiny_simpedes}",
+                       *stand_in_sets("baseline"))),
            "last.pt: not a readable checkpoint")
 
 
@@ -126,10 +131,10 @@ def test_resume_without_a_checkpoint_says_it_starts_from_scratch(tmp_path, capsy
 
 
 @pytest.mark.slow
-def test_an_error_inside_training_is_the_last_thing_printed(tiny_simpedes, tmp_path):
+def test_an_error_inside_training_is_the_last_thing_printed(tiny_simpedes, tmp_path, stand_in_sets):
     """No library shutdown noise (`ImportError: sys.meta_path is None`) after the real message."""
-    proc = _cli("tireid_core.train", "baseline", "--row", "full", "--profile", "tiny", "--set",
-                f"baseline.out_dir={tmp_path}", "--set", f"baseline.data.root={tiny_simpedes}", "--set",
-                "baseline.train.lr=1e30", "--set", "baseline.train.warmup_epochs=0")
+    proc = _cli("tireid_core.train", "baseline", "--row", "full", "--profile", "tiny",
+                *_sets(f"baseline.out_dir={tmp_path}", f"baseline.data.root={tiny_simpedes}", *stand_in_sets("baseline"),
+                       "baseline.train.lr=1e30", "baseline.train.warmup_epochs=0"))
     _check(proc, "training diverged at epoch 1")
     assert "sys.meta_path" not in proc.stderr

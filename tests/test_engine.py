@@ -108,8 +108,8 @@ def ddp_parity(method: str, params_file: Path, data_root: Path, tmp_path: Path, 
 
 @pytest.mark.slow
 @pytest.mark.parametrize("method", available_methods())
-def test_ddp_two_cpu_processes_match_single_process(method, tmp_path, tiny_simpedes):
-    ddp_parity(method, REPO / "params.yaml", tiny_simpedes, tmp_path)
+def test_ddp_two_cpu_processes_match_single_process(method, tmp_path, tiny_simpedes, stand_in_sets):
+    ddp_parity(method, REPO / "params.yaml", tiny_simpedes, tmp_path, extra=tuple(stand_in_sets(method)))
 
 
 def test_image_cache_gives_the_same_run(tiny_params, tmp_path):

@@ -30,8 +30,14 @@ TOKENIZER = WordTokenizer(VOCAB, cls_sep=True)
 CAPTIONS = ["A man in a red shirt, black shoes.", "A woman with long hair; a blue bag", "man", "zzz unknown"]
 
 
+# Unit tests build the real architectures from random weights: the tiny image backbone without its stand-in file and
+# the small transformer in place of the BERT stand-in (the BERT branch has its own test below).
+RANDOM_INIT = ["nafs.model.pretrained=false", "nafs.model.text_encoder=transformer", "nafs.model.text_hidden=16",
+               "nafs.model.text_layers=1", "nafs.model.text_heads=2"]
+
+
 def make(*sets, classes=5):
-    params = load_run_params("nafs", params_file=REPO / "params.yaml", profile="tiny", sets=list(sets))
+    params = load_run_params("nafs", params_file=REPO / "params.yaml", profile="tiny", sets=[*RANDOM_INIT, *sets])
     torch.manual_seed(0)
     return NAFS(params, TOKENIZER.vocab_size, classes, TOKENIZER), params
 
@@ -265,7 +271,7 @@ def test_params_reject_inconsistent_switches():
         load_run_params("nafs", params_file=REPO / "params.yaml", sets=["nafs.nafs.locality=window"])
     with pytest.raises(ParamsError, match=r"nafs\.model\.text_encoder"):
         load_run_params("nafs", params_file=REPO / "params.yaml", sets=["nafs.model.text_encoder=bilstm"])
-    params = load_run_params("nafs", params_file=REPO / "params.yaml", sets=["nafs.model.feature_dim=64"])
+    params = load_run_params("nafs", params_file=REPO / "params.yaml", sets=[*RANDOM_INIT, "nafs.model.feature_dim=64"])
     with pytest.raises(ValueError, match="feature_dim"):
         NAFS(params, 30, 5, SimpleNamespace(cls_id=28, sep_id=29))
 
@@ -274,7 +280,7 @@ def test_bert_text_branch_both_locality_forms(tiny_bert_dir):
     tok = HFTokenizer(str(tiny_bert_dir))
     for locality in ("separate_passes", "masked_single_pass"):
         params = load_run_params("nafs", params_file=REPO / "params.yaml", profile="tiny", sets=[
-            "nafs.model.text_encoder=bert", f"nafs.model.text_model={tiny_bert_dir}", "nafs.model.feature_dim=32",
+            "nafs.model.pretrained=false", "nafs.model.text_encoder=bert", f"nafs.model.text_model={tiny_bert_dir}", "nafs.model.feature_dim=32",
             f"nafs.nafs.locality={locality}"])
         torch.manual_seed(0)
         model = NAFS(params, tok.vocab_size, 5, tok)

@@ -14,7 +14,9 @@ REPO = Path(__file__).resolve().parent.parent
 
 
 def make(*sets, vocab=30, classes=5):
-    params = load_run_params("ssan", params_file=REPO / "params.yaml", profile="tiny", sets=list(sets))
+    """The real architecture from random weights (unit tests do not need the image stand-in file)."""
+    params = load_run_params("ssan", params_file=REPO / "params.yaml", profile="tiny",
+                             sets=["ssan.model.pretrained=false", *sets])
     torch.manual_seed(0)
     return SSAN(params, vocab, classes, None), params
 
