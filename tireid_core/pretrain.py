@@ -340,8 +340,8 @@ def pretrain_text(params: PretrainParams, base: Path) -> dict:
             history.append({"epoch": epoch + 1, "train_loss": round(total / n, 4),
                             "val_masked_accuracy": _masked_accuracy(mlm, val_inputs, val["attention_mask"], val_labels)})
             print(f"text stand-in epoch {epoch + 1}/{p.epochs}: {history[-1]}", flush=True)
-        encoder = BertModel(config)  # the encoder the methods load (its pooler is unused and saved as initialised)
-        encoder.load_state_dict(mlm.bert.state_dict(), strict=False)
+        encoder = BertModel(config, add_pooling_layer=False)  # the encoder the methods load (no model reads a pooler)
+        encoder.load_state_dict(mlm.bert.state_dict())
         encoder.save_pretrained(tmp)
         tokenizer.save_pretrained(tmp)
         report = {"stand_in": "text", "objective": "masked language modelling", "folder": p.out,

@@ -152,6 +152,7 @@ class BertTextEncoder(nn.Module):
     pretrained=False builds the architecture at random init from the config; for bert-base-uncased with nothing
     cached it uses `BertConfig()` (whose defaults are bert-base-uncased), so paper models can be built offline.
     config_overrides: config fields to change, e.g. {"hidden_dropout_prob": 0.0}.
+    The pooler head is not built: no model here reads it, and DDP refuses parameters that never get a gradient.
     """
 
     def __init__(self, name_or_path: str = "bert-base-uncased", pretrained: bool = True, config_overrides=None):
@@ -161,7 +162,7 @@ class BertTextEncoder(nn.Module):
         overrides = dict(config_overrides or {})
         if pretrained:
             try:
-                self.model = AutoModel.from_pretrained(name_or_path, **overrides)
+                self.model = AutoModel.from_pretrained(name_or_path, add_pooling_layer=False, **overrides)
             except OSError as err:
                 raise RuntimeError(hf_offline_help(name_or_path, "pretrained model") + f"\n({err})") from err
         else:
@@ -175,7 +176,7 @@ class BertTextEncoder(nn.Module):
                 config = BertConfig()
             for key, value in overrides.items():
                 setattr(config, key, value)
-            self.model = AutoModel.from_config(config)
+            self.model = AutoModel.from_config(config, add_pooling_layer=False)
         self.config = self.model.config
         self.out_dim = self.config.hidden_size
 
