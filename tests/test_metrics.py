@@ -4,6 +4,7 @@ import itertools
 import json
 import math
 import warnings
+from pathlib import Path
 
 import numpy as np
 import pytest
@@ -353,3 +354,26 @@ def test_metrics_record_is_rounded_json():
     json.dumps(rec)
     with pytest.raises(ValueError):
         metrics_record(retrieval_metrics(scores, qp, gp), row="final")
+
+
+def test_evaluation_reports_the_trapezoid_map_next_to_the_default_when_asked():
+    """The paper profile of SSAN logs the official code's trapezoid mAP beside the non-interpolated one."""
+    from types import SimpleNamespace
+
+    from tireid_core.evaluation import score_metrics, summary
+    from tireid_core.experiment import TextImageEvalSet
+    from tireid_core.params import EvalParams
+
+    pids = [0, 0, 1, 1, 2]
+    evalset = TextImageEvalSet("test", [Path(f"{i}.png") for i in range(5)], pids, ["c"] * 5, pids, list(range(5)),
+                               [(i, 0) for i in range(5)])
+    scores = {"final": torch.tensor([[0.1, 0.9, 0.3, 0.2, 0.5], [0.8, 0.1, 0.7, 0.6, 0.2], [0.2, 0.3, 0.1, 0.9, 0.4],
+                                     [0.5, 0.4, 0.3, 0.2, 0.1], [0.1, 0.2, 0.3, 0.4, 0.5]])}
+    exp = SimpleNamespace(params=SimpleNamespace(method="ssan", eval=EvalParams()))
+    plain = score_metrics(exp, evalset, scores)["final"]
+    assert "mAP_trapezoid" not in plain
+    exp.params.eval = EvalParams(also_trapezoid_map=True)
+    both = score_metrics(exp, evalset, scores)["final"]
+    trapezoid = retrieval_metrics(scores["final"], torch.tensor(pids), torch.tensor(pids), ap_convention="trapezoid")
+    assert both["mAP"] == plain["mAP"] and both["mAP_trapezoid"] == trapezoid["mAP"] != plain["mAP"]
+    assert "mAP_trapezoid" in summary(both)

@@ -1,4 +1,5 @@
 """NAFS model: staircase stripes and shuffling, sub-sentence units (both locality forms), shapes, switches, losses."""
+import copy
 from pathlib import Path
 from types import SimpleNamespace
 
@@ -338,3 +339,157 @@ def test_experiment_tokenizes_with_cls_sep_and_pieces(tiny_params):
     exp.model.train()
     terms = exp.model(b)
     assert {"cmpm", "cmpc", "cont", "loss"} <= set(terms) and torch.isfinite(terms["loss"])
+
+
+# ------------------------------------------------------------------------------------------------ official text units
+# Edge cases of the official rules (models/bert.py, train.py, metric.py of the official code), worked out by hand:
+#   split on every single , . ; ! ? (empty pieces kept), first n_sep = 2 pieces, a missing piece is the text "[PAD]";
+#   each piece tokenised alone as [CLS] piece [SEP] and cut at 100; a caption of T tokens uses 1 + 2 + T units.
+EDGE_CAPTIONS = {
+    "no punctuation": ("a man in red shirt", ["a man in red shirt", None]),
+    "one sentence ending in '.'": ("a man in red shirt.", ["a man in red shirt", ""]),
+    "leading ','": (", a man", ["", " a man"]),
+    "',,'": ("a man,, red shirt", ["a man", ""]),
+    "three pieces": ("a man; red shirt, black shoes", ["a man", " red shirt"]),
+}
+
+
+@pytest.mark.parametrize("name", sorted(EDGE_CAPTIONS))
+def test_official_pieces_follow_the_single_character_split(name):
+    from tireid_core.data.tokenizers import official_sub_sentences
+
+    caption, pieces = EDGE_CAPTIONS[name]
+    assert official_sub_sentences(caption, 2) == pieces
+
+
+def test_official_piece_sequences_by_hand(tiny_bert_dir):
+    tok = HFTokenizer(str(tiny_bert_dir))
+    cls, sep, pad = tok.cls_id, tok.sep_id, tok.pad_id
+    w = {word: tok.encode(word)[1] for word in ("a", "man", "red", "shirt")}
+    ids, mask = tok.encode_batch_official_pieces(["a man in red shirt", "a man in red shirt.", ", a man",
+                                                  "a man,, red shirt"], 2, 100)
+    rows = [ids[r, :mask[r].sum()].tolist() for r in range(8)]
+    full = tok.encode("a man in red shirt")
+    assert rows[0] == full and rows[1] == [cls, pad, sep] and mask[1, :3].all()  # "[PAD]" filler: 3 attended ids
+    assert rows[2] == full and rows[3] == [cls, sep]                               # empty piece after the "."
+    assert rows[4] == [cls, sep] and rows[5] == [cls, w["a"], w["man"], sep]        # leading ","
+    assert rows[6] == [cls, w["a"], w["man"], sep] and rows[7] == [cls, sep]        # ",,"
+    # a piece of more than 100 wordpieces is cut at 100 ids, losing its [SEP] (as the official pre_process)
+    ids, mask = tok.encode_batch_official_pieces([" ".join(["a"] * 120)], 2, 100)
+    assert mask[0].sum() == 100 and ids[0, 0] == cls and (ids[0, 1:100] == w["a"]).all()
+
+
+def official_nafs(tiny_bert_dir, *sets, max_words=24):
+    tok = HFTokenizer(str(tiny_bert_dir))
+    params = load_run_params("nafs", params_file=REPO / "params.yaml", profile="tiny", sets=[
+        "nafs.model.pretrained=false", "nafs.model.text_encoder=bert", f"nafs.model.text_model={tiny_bert_dir}",
+        "nafs.model.feature_dim=32", f"nafs.data.max_words={max_words}", "nafs.nafs.locality=separate_passes", "nafs.nafs.text_units=official",
+        *sets])
+    torch.manual_seed(0)
+    return NAFS(params, tok.vocab_size, 5, tok), tok, params
+
+
+def test_official_unit_block_and_masks(tiny_bert_dir):
+    model, tok, params = official_nafs(tiny_bert_dir)
+    assert model.text_needs.full_width and model.text_needs.official_pieces == 2
+    assert model.n_units == 1 + 2 + 24 - 2  # official: 98 + 2 + 1 rows for 100-wide captions
+    captions = ["a man in red shirt", "a man in red shirt.", " ".join(["a"] * 40)]
+    batch = CaptionCollate(tok, 24, pieces=True, full_width=True, official_pieces=2).tokenize(captions)
+    assert batch["ids"].shape == (3, 24) and batch["sub_ids"].shape[0] == 6
+    # the 40-word caption is cut at 24 ids without [SEP], as the official pre_process does
+    assert batch["mask"][2].all() and batch["ids"][2, -1] != tok.sep_id
+    model.eval()
+    with torch.no_grad():
+        txt = model.encode_texts(batch)
+    t = batch["mask"].sum(1)  # T: [CLS] 5 words [SEP] = 7, then 8 with the ".", then 24 (cut)
+    assert t.tolist() == [7, 8, 24]
+    # units used: global, 2 sub-sentences, then positions 1..T of the caption: wordpieces, [SEP], one padding output
+    assert txt["unit_mask"].sum(1).tolist() == [3 + 7, 3 + 8, model.n_units]
+    assert txt["key"].shape == (3, model.n_units, 32)
+    # nothing is zeroed before the joint LayerNorm: padding outputs shape every row's statistics
+    assert (txt["key"][0, 3 + 7:].abs().sum(1) > 0).all()
+    with pytest.raises(ValueError, match="max_words=24"):
+        model.encode_texts(CaptionCollate(tok, 24, pieces=True, official_pieces=2).tokenize(captions[:2]))
+
+
+def official_cnl_reference(key, value, n_word, query, img_value, temperature=20.0, slope=0.1):
+    """The official compute_weiTexts (image → text direction) for one caption, written from metric.py's formulas:
+    keys and values cut to the caption's first n_word units, l2norm(query)·l2norm(key), LeakyReLU(0.1), l2norm over
+    the image regions, softmax over the units ×λ, attended text, l2norm, cosine with the image value, mean over
+    regions."""
+    k, v = key[:n_word], value[:n_word]
+    qn = query / (query.norm(dim=-1, keepdim=True) + 1e-8)
+    kn = k / (k.norm(dim=-1, keepdim=True) + 1e-8)
+    attn = torch.nn.functional.leaky_relu(kn @ qn.t(), slope)          # units × regions
+    attn = attn / (attn.norm(dim=1, keepdim=True) + 1e-8)              # over regions, per unit
+    attn = torch.softmax(attn.t() * temperature, dim=1)               # regions × units
+    wei = attn @ v
+    wei = wei / (wei.norm(dim=-1, keepdim=True) + 1e-8)
+    cos = (img_value * wei).sum(-1) / (img_value.norm(dim=-1) * wei.norm(dim=-1)).clamp(min=1e-8)
+    return cos.mean()
+
+
+def test_official_units_give_the_official_cnl_score_float64(tiny_bert_dir):
+    model, tok, _ = official_nafs(tiny_bert_dir)
+    model = model.double().eval()
+    captions = ["a man, red shirt. long hair", "a woman with a bag"]
+    batch = CaptionCollate(tok, 24, pieces=True, full_width=True, official_pieces=2).tokenize(captions)
+    g = torch.Generator().manual_seed(3)
+    images = torch.randn(3, 3, 48, 16, generator=g, dtype=torch.float64)
+    with torch.no_grad():
+        txt, img = model.encode_texts(batch), model.encode_images(images)
+        ours = model.local_scores(txt, img)  # texts × images
+        n_word = batch["mask"].sum(1) + 3   # the official text_length
+        for i in range(2):
+            for j in range(3):
+                expected = official_cnl_reference(txt["key"][i], txt["value"][i], int(n_word[i]), img["query"][j],
+                                                  img["value"][j])
+                # 1e-7: the project's cosine adds ε to each norm where metric.py clamps the product (a 1e-8 relative
+                # difference); a wrong unit selection moves the score by far more (up to 0.34 relative)
+                torch.testing.assert_close(ours[i, j], expected, rtol=1e-7, atol=1e-10)
+
+
+def test_bn_groups_normalise_each_group_and_keep_the_first_groups_running_stats(tiny_bert_dir):
+    """bn_group_size = B/2 matches running the two halves as two DataParallel replicas: features of each half equal a
+    forward of that half alone (same stripe shuffle), and the running statistics are those after the first half."""
+    model, tok, _ = official_nafs(tiny_bert_dir, "nafs.nafs.text_units=intended", "nafs.nafs.bn_group_size=2")
+    model.train()
+    captions = ["a man, red shirt", "a woman with a bag", "long hair. black shoes", "a man in blue"]
+    batch = {"image": torch.randn(4, 3, 48, 16, generator=torch.Generator().manual_seed(5)),
+             "label": torch.tensor([0, 1, 2, 0]), **CaptionCollate(tok, 24, pieces=True).tokenize(captions)}
+    text = text_input(batch)
+    reference = copy.deepcopy(model)
+    torch.manual_seed(7)
+    img, txt = model.features_in_bn_groups(batch)
+    torch.manual_seed(7)
+    perms = reference.image_net.draw_perms("cpu")
+    halves = [(reference.image_features(batch["image"][rows], perms),
+               reference.encode_texts({k: v[rows] for k, v in text.items()}))
+              for rows in (slice(0, 2),)]
+    after_first = {name: buf.clone() for name, buf in reference.named_buffers()}
+    halves.append((reference.image_features(batch["image"][2:], perms),
+                   reference.encode_texts({k: v[2:] for k, v in text.items()})))
+    for key in img:
+        torch.testing.assert_close(img[key], torch.cat([h[0][key] for h in halves]))
+    for key in txt:
+        torch.testing.assert_close(txt[key], torch.cat([h[1][key] for h in halves]))
+    for name, buf in model.named_buffers():
+        torch.testing.assert_close(buf, after_first[name])
+    whole = copy.deepcopy(reference)
+    torch.manual_seed(7)
+    assert not torch.allclose(whole.image_features(batch["image"], perms)["global"], img["global"])
+    assert txt["global"].shape[0] == 4 and torch.isfinite(model(batch)["loss"])
+
+
+def test_official_units_train_and_evaluate_through_the_experiment(tiny_params):
+    """The flag reaches the collate (full width, official piece sequences, also for chunked evaluation)."""
+    from tireid_core.evaluation import encode_texts
+    from tireid_core.experiment import build_experiment
+
+    exp = build_experiment(tiny_params("nafs.nafs.text_units=official", "nafs.nafs.locality=separate_passes",
+                                       section="nafs"))
+    batch = exp.collate()([exp.train_set[i] for i in range(4)])
+    assert batch["ids"].shape[1] == exp.params.data.max_words and batch["sub_ids"].shape[0] == 8
+    assert torch.isfinite(exp.model(batch)["loss"])
+    feats = encode_texts(exp, [exp.train_set[i]["caption"] for i in range(3)], torch.device("cpu"), exp.model, "t")
+    assert feats["unit_mask"].shape == (3, exp.model.n_units)

@@ -10,7 +10,7 @@ import math
 import pytest
 import torch
 
-from tireid_core.losses import compound_ranking_loss, semi_hard_triplets, ssan_weak_margins
+from tireid_core.losses import compound_ranking_loss, ranking_hinges, semi_hard_triplets, ssan_weak_margins
 
 
 def unit(*degrees: float) -> torch.Tensor:
@@ -139,6 +139,33 @@ def test_fallback_is_per_direction_last_anchor_first_negative():
     assert strong([100, -140, 0], [10, -25, 60], [0, 1, 2]) == pytest.approx(expected, **APPROX)
 
 
+def test_official_fallback_pairs_the_last_anchor_even_when_gated():
+    # pids [0, 1, 0], pos .5, margin .2; nothing is semi-hard (every hinge is easy, −.3, or hard):
+    #   row 1 (pid 1): col 0 → .95 − .5 + .2 = .65 H, col 2 → −.3;   row 2 (pid 0): col 0 (same pid!) → .9 − .5 + .2
+    # anchors 0 and 2 are gated, so anchor 1 is the last eligible one; its first negative is column 0.
+    pids = torch.tensor([0, 1, 0])
+    valid = pids[:, None] != pids[None, :]
+    pos, margin = torch.full((3,), 0.5, dtype=torch.float64), torch.full((3,), 0.2, dtype=torch.float64)
+    neg = torch.zeros(3, 3, dtype=torch.float64)
+    neg[1, 0], neg[2, 0] = 0.95, 0.9
+    gate = torch.tensor([False, True, False])
+    project = ranking_hinges(pos, neg, valid, margin, anchor_ok=gate)
+    official = ranking_hinges(pos, neg, valid, margin, anchor_ok=gate, fallback_anchor="official")
+    assert project.tolist() == pytest.approx([0.65])  # anchor 1, its own first negative
+    # the official loop: the batch's last anchor (gated, pid 0) with column 0, which has its own identity
+    assert official.tolist() == pytest.approx([0.6])
+    # every anchor gated: the official code fails (its negative list is undefined); both modes give nothing
+    none = torch.zeros(3, dtype=torch.bool)
+    for mode in ("last_eligible", "official"):
+        assert ranking_hinges(pos, neg, valid, margin, anchor_ok=none, fallback_anchor=mode).numel() == 0
+    # without a gate the last anchor is eligible, so both modes agree
+    torch.testing.assert_close(ranking_hinges(pos, neg, valid, margin),
+                               ranking_hinges(pos, neg, valid, margin, fallback_anchor="official"))
+    with pytest.raises(ValueError, match="fallback_anchor"):
+        compound_ranking_loss(unit(0, 90), unit(0, 90), unit(0, 90), torch.tensor([0, 1]), epoch=0,
+                              fallback_anchor="first")
+
+
 def test_fallback_on_easy_negative_is_zero_but_differentiable():
     # a = t = [0, 90, 180], pids distinct: every negative is easy (S_ij ≤ 0 < S_ii − .2)
     # fallback I2/D0: [cos180 − 1 + .2]₊ = 0, in both directions and both terms
@@ -257,19 +284,19 @@ def test_lambda_official_abs_vs_paper():
 
 
 def test_weak_margins_by_hand():
-    s_pos = torch.tensor([0.5, 0.8, -0.4, 0.0, 0.0, 0.5])
-    s_weak = torch.tensor([-0.25, 0.4, -0.2, 0.3, 0.0, 0.75])
-    # paper λ = S'/S: [−.5 → 0, .5, .5, +inf → 1, 0/0 → 0, 1.5 → 1]; α2 = .1·(λ + 1)
+    s_pos = torch.tensor([0.5, 0.8, -0.4, 0.0, 0.0, 0.5, -0.3])
+    s_weak = torch.tensor([-0.25, 0.4, -0.2, 0.3, 0.0, 0.75, 0.3])
+    # paper λ = S'/S: [−.5 → 0, .5, .5, +inf → 1, 0/0 → 0, 1.5 → 1, −1 → 0]; α2 = .1·(λ + 1)
     alpha2, ok = ssan_weak_margins(s_pos, s_weak, epoch=5)
-    assert torch.allclose(alpha2, torch.tensor([0.1, 0.15, 0.15, 0.2, 0.1, 0.2])) and ok is None
-    # official_abs λ = |S'|/|S|: [.5, .5, .5, inf → 1, 0/0 → 0, 1.5 → 1]
+    assert torch.allclose(alpha2, torch.tensor([0.1, 0.15, 0.15, 0.2, 0.1, 0.2, 0.1])) and ok is None
+    # official_abs λ = |S'|/|S|: [.5, .5, .5, inf → 1, 0/0 → 0, 1.5 → 1, exactly 1 → 2 (official [λ≤1]·λ + [λ≥1])]
     alpha2, _ = ssan_weak_margins(s_pos, s_weak, epoch=5, lambda_mode="official_abs")
-    assert torch.allclose(alpha2, torch.tensor([0.15, 0.15, 0.15, 0.2, 0.1, 0.2]))
+    assert torch.allclose(alpha2, torch.tensor([0.15, 0.15, 0.15, 0.2, 0.1, 0.2, 0.3]))
     # gate .16 keeps α2 ≥ .16; before the start epoch: α2 = α1/2 everywhere and no gate
     _, ok = ssan_weak_margins(s_pos, s_weak, epoch=5, weak_gate=0.16)
-    assert ok.tolist() == [False, False, False, True, False, True]
+    assert ok.tolist() == [False, False, False, True, False, True, False]
     alpha2, ok = ssan_weak_margins(s_pos, s_weak, epoch=4, weak_gate=0.16, alpha1=0.3)
-    assert torch.allclose(alpha2, torch.full((6,), 0.15)) and ok is None
+    assert torch.allclose(alpha2, torch.full((7,), 0.15)) and ok is None
     # λ is detached
     s = s_pos.clone().requires_grad_()
     assert not ssan_weak_margins(s, s_weak, epoch=5)[0].requires_grad

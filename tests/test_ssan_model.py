@@ -5,7 +5,8 @@ from pathlib import Path
 import pytest
 import torch
 
-from tireid_core.data.pairs import text_input
+from tireid_core.data.pairs import CaptionCollate, text_input
+from tireid_core.data.tokenizers import WordTokenizer, WordVocab
 from tireid_core.methods import RetrievalModel, get_method
 from tireid_core.models.ssan import SSAN, MultiViewNonLocal, PartLinear, mean_part_attention, retrieval_embedding
 from tireid_core.params import ParamsError, load_run_params
@@ -138,6 +139,44 @@ def test_quirk_flags_change_what_they_name():
     assert (masked[0] < 0).any(), "the example needs a negative channel to show the difference"
     assert torch.allclose(theirs["global"], model.W_g(expected), atol=1e-5)
     assert not torch.allclose(theirs["global"][0], ours["global"][0], atol=1e-5)
+
+
+def test_official_global_pool_sees_the_padding_up_to_max_words():
+    """float64: with the flag on, batches keep every caption padded to max_words (as the official 100-wide tensors), so
+    the global max is max(0, max over words) per channel for every caption, the longest one included."""
+    tok = WordTokenizer(WordVocab("a man woman in red blue shirt black shoes bag with long hair".split()))
+    official, _ = make("ssan.model.text_dropout=0.0", "ssan.ssan.global_pool_includes_padding=true",
+                       vocab=tok.vocab_size)
+    assert official.text_needs.full_width and not make()[0].text_needs.full_width
+    official = official.double().eval()
+    captions = ["a man in a red shirt with black shoes", "a woman", "long hair"]
+    full = CaptionCollate(tok, 24, full_width=True).tokenize(captions)
+    trimmed = CaptionCollate(tok, 24).tokenize(captions)
+    assert full["ids"].shape == (3, 24) and trimmed["ids"].shape == (3, 9)
+    with torch.no_grad():
+        words = official.text_encoder(full["ids"], full["mask"])
+        masked = words.masked_fill(~full["mask"].unsqueeze(-1), float("-inf")).amax(1)
+        assert (masked[0] < 0).any(), "the example needs a negative channel on the longest caption"
+        expected = official.W_g(masked.clamp(min=0))  # by hand: every caption has padded (zero) positions
+        torch.testing.assert_close(official.encode_texts(full)["global"], expected, rtol=0, atol=1e-12)
+        # a trimmed batch leaves the longest caption without padding: the difference the flag must not have
+        assert not torch.allclose(official.encode_texts(trimmed)["global"][0], expected[0])
+
+
+def test_official_flag_reaches_the_experiment_collate(tiny_params):
+    from tireid_core.experiment import build_experiment
+
+    exp = build_experiment(tiny_params("ssan.ssan.global_pool_includes_padding=true", section="ssan"))
+    batch = exp.collate()([exp.train_set[i] for i in range(3)])
+    assert batch["ids"].shape[1] == exp.params.data.max_words == batch["support_ids"].shape[1]
+
+
+def test_word_attention_keeps_the_default_init():
+    """W_p is PyTorch's default init in the official code (uniform in ±1/√fan_in), not Kaiming fan-out (std √(2/K))."""
+    model, _ = make()
+    w = model.word_attention.weight
+    bound = w.shape[1] ** -0.5
+    assert w.abs().max() <= bound < (2 / w.shape[0]) ** 0.5
 
 
 def test_switches_remove_branches_and_their_losses():

@@ -20,7 +20,7 @@ from tireid_core.metrics import metrics_record, reid_metrics, retrieval_metrics
 from tireid_core.runtime import image_batch, to_device
 from tireid_core.stats import bootstrap_interval
 
-SUMMARY_KEYS = ("R@1", "R@5", "R@10", "rSum", "mAP", "mINP")
+SUMMARY_KEYS = ("R@1", "R@5", "R@10", "rSum", "mAP", "mINP", "mAP_trapezoid")
 
 
 def _concat(chunks: list[dict]) -> dict[str, torch.Tensor]:
@@ -78,16 +78,23 @@ def score_metrics(exp: Experiment, evalset, scores: dict[str, torch.Tensor],
         raise KeyError(f"no score matrix named {per_query_for!r} (have {sorted(scores)})")
     if isinstance(evalset, TextImageEvalSet):
         qp, gp = torch.tensor(evalset.caption_pids), torch.tensor(evalset.image_pids)
-        return {name: retrieval_metrics(s, qp, gp, ap_convention=e.ap_convention, tie_mode=e.tie_mode,
-                                        per_query=name == per_query_for)
-                for name, s in scores.items()}
-    q, g = evalset.query, evalset.gallery
-    ids = [torch.tensor([getattr(im, a) for im in ims]) for ims, a in ((q, "pid"), (g, "pid"), (q, "camid"),
-                                                                       (g, "camid"))]
-    if e.tie_mode != "stable":
-        raise ValueError(f"{exp.params.method}.eval.tie_mode: image ReID supports only the stable tie rule")
-    return {name: reid_metrics(-s, *ids, ap_convention=e.ap_convention, per_query=name == per_query_for)
-            for name, s in scores.items()}
+
+        def metrics(s, convention, per_query=False):
+            return retrieval_metrics(s, qp, gp, ap_convention=convention, tie_mode=e.tie_mode, per_query=per_query)
+    else:
+        q, g = evalset.query, evalset.gallery
+        ids = [torch.tensor([getattr(im, a) for im in ims]) for ims, a in ((q, "pid"), (g, "pid"), (q, "camid"),
+                                                                           (g, "camid"))]
+        if e.tie_mode != "stable":
+            raise ValueError(f"{exp.params.method}.eval.tie_mode: image ReID supports only the stable tie rule")
+
+        def metrics(s, convention, per_query=False):
+            return reid_metrics(-s, *ids, ap_convention=convention, per_query=per_query)
+    out = {name: metrics(s, e.ap_convention, name == per_query_for) for name, s in scores.items()}
+    if e.also_trapezoid_map:
+        for name, s in scores.items():
+            out[name]["mAP_trapezoid"] = metrics(s, "trapezoid")["mAP"]
+    return out
 
 
 def evaluate(exp: Experiment, evalset, device: torch.device, model: nn.Module | None = None,

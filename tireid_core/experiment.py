@@ -110,7 +110,9 @@ class Experiment:
         """The one tokenisation used for training batches and evaluation queries alike."""
         if not self.text_image:
             return reid_collate
-        return CaptionCollate(self.tokenizer, self.params.data.max_words, self.model.text_needs.pieces)
+        needs = self.model.text_needs
+        return CaptionCollate(self.tokenizer, self.params.data.max_words, needs.pieces, needs.full_width,
+                              needs.official_pieces)
 
     def train_batches(self, epoch: int) -> list[list[int]]:
         """The epoch's global batches, a pure function of (seed, epoch)."""

@@ -73,7 +73,7 @@ def cmpc_loss(
     Each feature is first projected on its paired feature of the other modality, (f_i · t̂_i) t̂_i, then classified
     by the column-normalised weights Ŵ (d × classes): no bias, no scale, no margin. The projection keeps only the
     part of the image feature that its caption can "see", so classification also pulls the pair together.
-    The official code renormalises W in place after each step; here the normalisation sits inside the loss.
+    W itself is never renormalised: its columns are normalised inside the loss, as in the official code.
     """
     w = F.normalize(class_weights, dim=0)
     t_unit, f_unit = F.normalize(text_feats, dim=1), F.normalize(image_feats, dim=1)
@@ -104,6 +104,7 @@ _CR_OPTIONS = {
     "weak_neg": ("main_captions", "weak_captions"),
     "lambda_mode": ("paper", "official_abs"),
     "reduction": ("sum", "mean"),
+    "fallback_anchor": ("last_eligible", "official"),
 }
 
 
@@ -146,6 +147,7 @@ def ranking_hinges(
     *,
     anchor_ok: torch.Tensor | None = None,
     generator: torch.Generator | None = None,
+    fallback_anchor: str = "last_eligible",
 ) -> torch.Tensor:
     """Hinge values of one direction of SSAN's ranking loss, with the official "never empty" fallback.
 
@@ -158,6 +160,10 @@ def ranking_hinges(
     have been mined: it has a valid negative and passes `anchor_ok`, so the fallback never brings back
     an anchor the weak-term gate skipped (project decision; the spec only says "last anchor"). Empty
     when no anchor is eligible (single identity, or every anchor gated).
+    `fallback_anchor="official"` reproduces the official loop: the anchor is always the batch's last one, even
+    when gated, paired with the first negative of the last *eligible* anchor (a variable left over from the loop),
+    which can share the anchor's identity. The official code crashes when no anchor is eligible; this returns
+    the empty tensor there too.
     """
     hinge = neg - pos[:, None] + margin[:, None]
     idx = semi_hard_triplets(hinge, valid, margin, anchor_ok=anchor_ok, generator=generator)
@@ -169,6 +175,8 @@ def ranking_hinges(
         return hinge[:0, 0]  # empty, still attached to the graph
     last = anchors[-1]
     first = valid[last].nonzero(as_tuple=True)[0][0]
+    if fallback_anchor == "official":
+        last = hinge.shape[0] - 1
     return hinge[last, first].clamp_min(0.0).reshape(1)
 
 
@@ -187,7 +195,8 @@ def ssan_weak_margins(
     `s_pos` = S(I_i, D_i), `s_weak_pos` = S(I_i, D′_i) (1-D). Epochs (0-based) before `alpha2_start_epoch`:
     α2_i = α1/2 for every anchor and no gate. From then on α2_i = (λ_i + 1)·α1/2 with λ_i detached:
     "paper" λ_i = S(I_i,D′_i)/S(I_i,D_i) clipped to [0, 1]; "official_abs" λ_i = |S(I_i,D′_i)|/|S(I_i,D_i)|
-    clipped at 1. A 0/0 ratio counts as λ = 0 and x/0 as λ = 1. Returns (α2, anchor_ok): anchor_ok is None
+    clipped at 1, except that a ratio of exactly 1 becomes 2 (α2 = 1.5·α1), as the official code's
+    `(1 ≥ λ)·λ + (λ ≥ 1)` gives. A 0/0 ratio counts as λ = 0 and x/0 as λ = 1 (both NaN in the official code). Returns (α2, anchor_ok): anchor_ok is None
     unless `weak_gate` > 0 and the adaptive margins are active, then it is α2_i ≥ weak_gate (the official
     code's 0.16 gate skips anchors with α2_i < 0.16, i.e. λ_i < 0.6).
     """
@@ -199,7 +208,8 @@ def ssan_weak_margins(
     if lambda_mode == "paper":
         lam = (s_weak_pos / s_pos).nan_to_num(nan=0.0, posinf=1.0, neginf=0.0).clamp(0.0, 1.0)
     else:
-        lam = (s_weak_pos.abs() / s_pos.abs()).nan_to_num(nan=0.0, posinf=1.0).clamp(max=1.0)
+        ratio = s_weak_pos.abs() / s_pos.abs()
+        lam = torch.where(ratio == 1.0, 2.0, ratio.nan_to_num(nan=0.0, posinf=1.0).clamp(max=1.0))
     alpha2 = (lam + 1.0) * alpha1 / 2
     return alpha2, (alpha2 >= weak_gate if weak_gate > 0 else None)
 
@@ -219,6 +229,7 @@ def compound_ranking_loss(
     weak_neg: str = "main_captions",
     lambda_mode: str = "paper",
     reduction: str = "sum",
+    fallback_anchor: str = "last_eligible",
     generator: torch.Generator | None = None,
 ) -> torch.Tensor:
     """SSAN's Compound Ranking (CR) loss (Ding et al. 2021; docs/ssan.md §3.2, quirks §7 items 3–7).
@@ -244,9 +255,9 @@ def compound_ranking_loss(
       (`lambda_mode="official_abs"`); the weak-anchor gate α2_i < 0.16 (`weak_gate=0.16`, default off).
     - Fallback: each direction of each term falls back on its own, independently, to one triplet (last
       anchor, its first negative, hinge clamped at 0) when it mines none; see `ranking_hinges`. This
-      reads the spec's "batch yields no triplet" per direction, since mining runs separately per
-      direction [inferred from docs/ssan.md §3.2, not checked against the code]; the rule exists there to avoid
-      an empty tensor. In the weak term the fallback anchor is the last *ungated* one; with every anchor
+      reads "batch yields no triplet" per direction, as the official code mines each direction in its own
+      call; the rule exists there to avoid an empty tensor. In the weak term the fallback anchor is the last
+      *ungated* one (`fallback_anchor="official"`: the last anchor, see `ranking_hinges`); with every anchor
       gated a direction contributes nothing.
     - reduction: "sum" (official) over all triplets of both directions; "mean" averages the hinges of a
       term over its triplets, both directions pooled (fallback counted), then strong + β·weak.
@@ -257,7 +268,8 @@ def compound_ranking_loss(
       code crashes there (indexes the first negative of an empty set).
     Invalid option strings raise ValueError naming the option.
     """
-    for name, value in (("weak_neg", weak_neg), ("lambda_mode", lambda_mode), ("reduction", reduction)):
+    for name, value in (("weak_neg", weak_neg), ("lambda_mode", lambda_mode), ("reduction", reduction),
+                        ("fallback_anchor", fallback_anchor)):
         if value not in _CR_OPTIONS[name]:
             raise ValueError(f"{name} must be one of {_CR_OPTIONS[name]}, got {value!r}")
     if weak_txt is None and weak_term:
@@ -297,7 +309,9 @@ def compound_ranking_loss(
     )
     img_neg = s if weak_neg == "main_captions" else s_weak
     weak = reduce([
-        ranking_hinges(pos_w, img_neg, valid, alpha2, anchor_ok=anchor_ok, generator=generator),
-        ranking_hinges(pos_w, s_weak.t(), valid, alpha2, anchor_ok=anchor_ok, generator=generator),
+        ranking_hinges(pos_w, img_neg, valid, alpha2, anchor_ok=anchor_ok, generator=generator,
+                       fallback_anchor=fallback_anchor),
+        ranking_hinges(pos_w, s_weak.t(), valid, alpha2, anchor_ok=anchor_ok, generator=generator,
+                       fallback_anchor=fallback_anchor),
     ])
     return loss + beta * weak

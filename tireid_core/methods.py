@@ -55,6 +55,8 @@ class TextNeeds:
 
     cls_sep: bool = False  # word vocabulary: wrap captions as [CLS] words [SEP] (BERT's layout with a small encoder)
     pieces: bool = False  # batches carry each token's sub-sentence index
+    full_width: bool = False  # keep every caption padded to data.max_words (a model whose output sees the padding)
+    official_pieces: int = 0  # > 0: batches carry NAFS's official sub-sentence sequences, this many per caption
 
 
 class MethodModel(nn.Module):

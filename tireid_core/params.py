@@ -125,6 +125,7 @@ class TrainParams:
 @dataclass
 class EvalParams:
     ap_convention: Literal["noninterp", "trapezoid"] = "noninterp"
+    also_trapezoid_map: bool = False  # also report "mAP_trapezoid" (the AP the official SSAN code logs)
     tie_mode: Literal["stable", "expected"] = "stable"
     batch_size: int = 128
     retrieval_examples: int = 4

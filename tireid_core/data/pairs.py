@@ -149,8 +149,11 @@ class ReIDTrainDataset(Dataset):
                 "camid": im.camid, "index": i}
 
 
+TEXT_KEYS = ("ids", "mask", "pieces", "sub_ids", "sub_mask")
+
+
 def _trim(*tensors: torch.Tensor, mask: torch.Tensor) -> tuple[torch.Tensor, ...]:
-    """Drop padding columns beyond the batch's longest caption (every model masks padding, so only time changes)."""
+    """Drop padding columns beyond the batch's longest caption (a model that masks padding only runs faster)."""
     length = max(int(mask.sum(1).max()), 1)
     return tuple(t[:, :length] for t in tensors)
 
@@ -159,7 +162,9 @@ def _trim(*tensors: torch.Tensor, mask: torch.Tensor) -> tuple[torch.Tensor, ...
 class CaptionCollate:
     """Stack images and tokenise captions of a batch with the run's tokenizer.
 
-    `pieces=True` adds `pieces`, each token's sub-sentence index (NAFS's locality-constrained text). Support captions
+    `pieces=True` adds `pieces`, each token's sub-sentence index (NAFS's locality-constrained text). Captions are
+    trimmed to the batch's longest unless `full_width` (SSAN's official global max sees the zero padding up to
+    max_words, so there the width changes the output). Support captions
     (K per sample) are tokenised as one (B·K)-row batch, sample-major, under the ``support_`` prefix; support images
     are stacked B × K × C × H × W.
     """
@@ -167,16 +172,26 @@ class CaptionCollate:
     tokenizer: object
     max_words: int
     pieces: bool = False
+    full_width: bool = False
+    official_pieces: int = 0
 
     def tokenize(self, captions: list, prefix: str = "") -> dict:
-        """{"ids", "mask"[, "pieces"]} of the captions, trimmed to the longest: the text input of encode_texts."""
+        """{"ids", "mask"[, "pieces"][, "sub_ids", "sub_mask"]} of the captions: the text input of encode_texts."""
         if self.pieces:
-            ids, mask, pieces = self.tokenizer.encode_batch_pieces(captions, self.max_words)
-            ids, mask, pieces = _trim(ids, mask, pieces, mask=mask)
-            return {f"{prefix}ids": ids, f"{prefix}mask": mask, f"{prefix}pieces": pieces}
-        ids, mask = self.tokenizer.encode_batch(captions, self.max_words)
-        ids, mask = _trim(ids, mask, mask=mask)
-        return {f"{prefix}ids": ids, f"{prefix}mask": mask}
+            tensors = self.tokenizer.encode_batch_pieces(captions, self.max_words)
+            names = ("ids", "mask", "pieces")
+        else:
+            tensors = self.tokenizer.encode_batch(captions, self.max_words)
+            names = ("ids", "mask")
+        if not self.full_width:
+            tensors = _trim(*tensors, mask=tensors[1])
+        out = {f"{prefix}{name}": t for name, t in zip(names, tensors)}
+        if self.official_pieces:
+            sub_ids, sub_mask = self.tokenizer.encode_batch_official_pieces(captions, self.official_pieces,
+                                                                            self.max_words)
+            sub_ids, sub_mask = _trim(sub_ids, sub_mask, mask=sub_mask)
+            out.update({f"{prefix}sub_ids": sub_ids, f"{prefix}sub_mask": sub_mask})
+        return out
 
     def __call__(self, items: list[dict]) -> dict:
         batch = {
@@ -194,9 +209,10 @@ class CaptionCollate:
 
 
 def text_input(batch: dict, prefix: str = "") -> dict:
-    """The tokenised text of a batch (``ids``, ``mask`` and ``pieces`` when present) under `prefix`, unprefixed."""
+    """The tokenised text of a batch (``ids``, ``mask``, and ``pieces``, ``sub_ids``, ``sub_mask`` when present) under
+    `prefix`, unprefixed."""
     return {k[len(prefix):]: v for k, v in batch.items()
-            if k.startswith(prefix) and k[len(prefix):] in ("ids", "mask", "pieces")}
+            if k.startswith(prefix) and k[len(prefix):] in TEXT_KEYS}
 
 
 def reid_collate(items: list[dict]) -> dict:

@@ -22,6 +22,8 @@ _WORD = re.compile(r"[a-z0-9]+(?:['\-][a-z0-9]+)*")
 _WORD_ANY_CASE = re.compile(_WORD.pattern, re.IGNORECASE)  # same words, with positions in the raw caption
 # Sub-sentence boundaries (NAFS splits raw captions on the same character class).
 _SUB_SENTENCE_BREAK = re.compile(r"[,.;!?]+")
+# NAFS's official split: one character at a time, so ",," and a leading "," give empty pieces.
+_OFFICIAL_BREAK = re.compile(r"[;,!?.]")
 
 
 def word_tokens(caption: str) -> list[str]:
@@ -35,6 +37,13 @@ def word_tokens(caption: str) -> list[str]:
 def sub_sentences(caption: str) -> list[str]:
     """The caption's non-empty pieces between , . ; ! ? (raw text, for models that encode each piece separately)."""
     return [p.strip() for p in _SUB_SENTENCE_BREAK.split(caption) if word_tokens(p)]
+
+
+def official_sub_sentences(caption: str, n_sep: int) -> list[str | None]:
+    """NAFS's official pieces: the first `n_sep` pieces of a split on every single , . ; ! ? (empty pieces kept,
+    whitespace kept), None for each missing piece (the official code fills it with the literal text "[PAD]")."""
+    pieces = _OFFICIAL_BREAK.split(caption)[:n_sep]
+    return pieces + [None] * (n_sep - len(pieces))
 
 
 def sub_sentence_spans(caption: str) -> list[int]:
@@ -99,6 +108,24 @@ class Tokenizer:
             mask[row, : len(tokens)] = True
             pieces[row, : len(tokens)] = torch.tensor(sub_sentence_of_chars(caption, offsets), dtype=torch.long)
         return ids, mask, pieces
+
+    def encode_batch_official_pieces(self, captions: Sequence[str], n_sep: int, max_len: int):
+        """(ids, mask) of NAFS's official sub-sentence sequences, n_sep rows per caption, caption-major (caption 0's
+        pieces, then caption 1's…). Each piece is tokenised on its own as [CLS] piece [SEP] and cut at `max_len`
+        (the cut may drop [SEP]); an empty piece gives [CLS] [SEP]; a missing one [CLS] [PAD] [SEP] with every
+        position attended, which is what BERT's tokenizer makes of the official "[PAD]" filler."""
+        rows = []
+        for caption in captions:
+            if not isinstance(caption, str):
+                raise TypeError(f"sub-sentences need raw caption strings, got {type(caption).__name__}")
+            for piece in official_sub_sentences(caption, n_sep):
+                rows.append(self.encode(piece)[:max_len] if piece is not None else [self.cls_id, self.pad_id, self.sep_id])
+        ids = torch.full((len(rows), max_len), self.pad_id, dtype=torch.long)
+        mask = torch.zeros((len(rows), max_len), dtype=torch.bool)
+        for row, tokens in enumerate(rows):
+            ids[row, : len(tokens)] = torch.tensor(tokens, dtype=torch.long)
+            mask[row, : len(tokens)] = True
+        return ids, mask
 
     def encode_batch(self, captions: Sequence, max_len: int) -> tuple[torch.Tensor, torch.Tensor]:
         ids = torch.full((len(captions), max_len), self.pad_id, dtype=torch.long)

@@ -24,6 +24,7 @@ import torch
 import torch.nn as nn
 import torch.nn.functional as F
 
+from tireid_core.data.pairs import text_input
 from tireid_core.distributed import gather_with_grad
 from tireid_core.losses import cmpc_loss, cmpm_loss, id_loss, local_matching_loss
 from tireid_core.methods import Method, MethodModel, TextNeeds
@@ -46,6 +47,13 @@ class NAFSParams:
     locality: Literal["separate_passes", "masked_single_pass", "none"] = "separate_passes"
     alignment: Literal["cnl", "per_scale"] = "cnl"  # one attention over all scales, or within scale pairs
     unit_norm: Literal["joint", "per_token"] = "joint"  # text key/value LayerNorm over the whole unit block (code)
+    # Which text units CNL sees (docs/nafs.md §7): "intended" = the caption's wordpieces and its present sub-sentences
+    # (zeroed elsewhere); "official" = the official code's block: [SEP] and one padding output count as words, the
+    # LayerNorm sees a fixed block over every position, sub-sentences split and tokenised the official way.
+    text_units: Literal["intended", "official"] = "intended"
+    # > 0: BatchNorm statistics over groups of this many samples, as each GPU replica of the official DataParallel
+    # runs saw (batch / GPUs); running statistics follow the first group, as DataParallel keeps replica 0's.
+    bn_group_size: int = 0
     temperature: float = 20.0  # λ of the CNL softmax over text units
     leaky_slope: float = 0.1
     cont_weight: float = 0.1  # λ_cont of the local matching term
@@ -70,6 +78,11 @@ class NAFSRunParams(RunParams):
         for name in ("part2", "part3", "n_sep", "rvn_k"):
             if getattr(n, name) <= 0:
                 raise ParamsError(f"{key}.nafs.{name}: must be positive, got {getattr(n, name)!r}")
+        if n.bn_group_size < 0:
+            raise ParamsError(f"{key}.nafs.bn_group_size: 0 (off) or a group size, got {n.bn_group_size!r}")
+        if n.text_units == "official" and (n.locality != "separate_passes" or n.unit_norm != "joint"):
+            raise ParamsError(f"{key}.nafs.text_units: official units come from separate passes with the joint "
+                              f"LayerNorm (locality: separate_passes, unit_norm: joint), got {n.locality}, {n.unit_norm}")
         if n.alignment == "per_scale" and (n.scales != "full" or n.locality == "none"):
             raise ParamsError(f"{key}.nafs.alignment: per_scale pairs image scales with text scales and needs "
                               "scales: full and a locality mode other than none")
@@ -128,17 +141,24 @@ class Staircase(nn.Module):
             return torch.randperm(parts).to(device)
         return torch.arange(parts, device=device)
 
-    def forward(self, images: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
-        """(global B×C, stripes B×S×C), average-pooled; S = part2 (+ part3), top to bottom per branch."""
+    def draw_perms(self, device) -> tuple[torch.Tensor, torch.Tensor]:
+        """The step's stripe permutations of both branches, drawn up front (for a step run in several pieces)."""
+        return self._perm(self.part2, device), self._perm(self.part3, device)
+
+    def forward(self, images: torch.Tensor, perms: tuple | None = None) -> tuple[torch.Tensor, torch.Tensor]:
+        """(global B×C, stripes B×S×C), average-pooled; S = part2 (+ part3), top to bottom per branch. `perms`: the
+        branches' stripe permutations (default: drawn here, one per branch)."""
         b = self.backbone
         x2 = b.layer2(b.layer1(b.stem(images)))
         x3 = b.layer3(x2)
         global_feat = b.layer4(x3).mean((2, 3))
         stripes = []
         if self.scales in ("single", "full"):
-            stripes += shuffled_stripes(x2, self.part2, self.branch2, self._perm(self.part2, images.device))
+            perm = perms[0] if perms else self._perm(self.part2, images.device)
+            stripes += shuffled_stripes(x2, self.part2, self.branch2, perm)
         if self.scales == "full":
-            stripes += shuffled_stripes(x3, self.part3, self.branch3, self._perm(self.part3, images.device))
+            perm = perms[1] if perms else self._perm(self.part3, images.device)
+            stripes += shuffled_stripes(x3, self.part3, self.branch3, perm)
         pooled = [s.mean((2, 3)) for s in stripes]
         return global_feat, torch.stack(pooled, 1) if pooled else global_feat.new_zeros(len(images), 0, global_feat.shape[1])
 
@@ -223,6 +243,9 @@ class NAFS(MethodModel):
         super().__init__()
         m, n = params.model, params.nafs
         self.n = n
+        self.official_units = n.text_units == "official" and n.scales != "global"
+        if self.official_units:  # the official block reads BERT's outputs at padded positions up to max_words
+            self.text_needs = TextNeeds(cls_sep=True, pieces=True, full_width=True, official_pieces=n.n_sep)
         self.cls_id, self.sep_id = int(tokenizer.cls_id), int(tokenizer.sep_id)
         self.max_words = params.data.max_words
         widths = tuple(m.backbone_widths) if m.backbone_widths else None
@@ -256,7 +279,8 @@ class NAFS(MethodModel):
             self.image_query = nn.ModuleList(nn.Linear(d, d) for _ in range(stripes + 1))  # [global, stripes]
             self.image_value = nn.ModuleList(nn.Linear(d, d) for _ in range(stripes + 1))
             self.n_sub = n.n_sep if n.locality != "none" else 0
-            self.n_units = 1 + self.n_sub + (self.max_words - 1)  # [global, sub-sentences, words at positions 1..]
+            # [global, sub-sentences, words at positions 1..]; the official block stops one position earlier
+            self.n_units = 1 + self.n_sub + (self.max_words - (2 if self.official_units else 1))
             self.text_key = nn.Linear(d, d)
             self.text_value = nn.Linear(d, d)
             shape = (self.n_units, d) if n.unit_norm == "joint" else (d,)
@@ -277,8 +301,8 @@ class NAFS(MethodModel):
                 {"params": text, "lr": slow, "weight_decay": 0.0}]
 
     # ------------------------------------------------------------------ features
-    def image_features(self, images: torch.Tensor) -> dict[str, torch.Tensor]:
-        global_feat, stripes = self.image_net(images)
+    def image_features(self, images: torch.Tensor, perms: tuple | None = None) -> dict[str, torch.Tensor]:
+        global_feat, stripes = self.image_net(images, perms)
         f = self.image_bn(self.image_global(global_feat))
         out = {"global": f}
         if self.local:
@@ -287,7 +311,13 @@ class NAFS(MethodModel):
             out["value"] = torch.stack([v(x) for v, x in zip(self.image_value, embedded)], 1)
         return out
 
-    def text_features(self, ids: torch.Tensor, mask: torch.Tensor, pieces: torch.Tensor | None = None):
+    def text_features(self, ids: torch.Tensor, mask: torch.Tensor, pieces: torch.Tensor | None = None,
+                      sub_ids: torch.Tensor | None = None, sub_mask: torch.Tensor | None = None):
+        if self.official_units:
+            if sub_ids is None or sub_mask is None:
+                raise ValueError("nafs.text_units=official needs the batch's sub_ids and sub_mask (the collate makes them "
+                                 "when the model's text_needs ask for official pieces)")
+            return self.official_text_features(ids, mask.bool(), sub_ids, sub_mask.bool())
         mask = mask.bool()
         b, length = ids.shape
         n = self.n
@@ -322,6 +352,25 @@ class NAFS(MethodModel):
             out["value"] = self.value_norm(self.text_value(units))
             out["unit_mask"] = valid
         return out
+
+    def official_text_features(self, ids: torch.Tensor, mask: torch.Tensor, sub_ids: torch.Tensor,
+                               sub_mask: torch.Tensor) -> dict[str, torch.Tensor]:
+        """The official code's text units (docs/nafs.md §7): the block [global, n_sep sub-sentence [CLS] outputs,
+        encoder outputs at positions 1..max_words−2] goes through the key/value layers and the joint LayerNorm whole,
+        padding outputs included; a caption of T tokens ([CLS] … [SEP]) then uses its first 1 + n_sep + T units
+        (the official `text_length` = T + 3 with n_sep = 2): its wordpieces, [SEP] and one padding output."""
+        b, length = ids.shape
+        if length != self.max_words:
+            raise ValueError(f"official text units need captions padded to max_words={self.max_words}, got width "
+                             f"{length} (the collate keeps full width when the model asks for it)")
+        hidden = self.text_encoder(ids, mask)
+        subs = self.text_encoder(sub_ids, sub_mask)[:, 0].view(b, self.n.n_sep, -1)  # caption-major rows
+        t = self.text_bn(self.text_global(hidden[:, 0]))
+        units = torch.cat([t[:, None], subs, hidden[:, 1:length - 1]], 1)
+        n_used = 1 + self.n.n_sep + mask.sum(1)
+        valid = torch.arange(self.n_units, device=ids.device)[None] < n_used[:, None]
+        return {"global": t, "key": self.key_norm(self.text_key(units)), "value": self.value_norm(self.text_value(units)),
+                "unit_mask": valid}
 
     # ------------------------------------------------------------------ unit layout (read by the analyses)
     def text_unit_slices(self) -> dict[str, slice]:
@@ -372,7 +421,8 @@ class NAFS(MethodModel):
 
     def encode_texts(self, text: dict[str, torch.Tensor]) -> dict[str, torch.Tensor]:
         """global B×d; with local units also key and value B×U×d and unit_mask B×U (bool)."""
-        return self.text_features(text["ids"], text["mask"], text.get("pieces"))
+        return self.text_features(text["ids"], text["mask"], text.get("pieces"), text.get("sub_ids"),
+                                  text.get("sub_mask"))
 
     def similarities(self, image_feats: torch.Tensor, text_feats: torch.Tensor) -> dict[str, torch.Tensor]:
         """"final" = S_glob + S_loc (docs/nafs.md §5), then "global", "local" alone and "rvn" = final re-ranked."""
@@ -388,11 +438,36 @@ class NAFS(MethodModel):
         return out
 
     # ------------------------------------------------------------------ training
+    def features_in_bn_groups(self, batch: dict) -> tuple[dict, dict]:
+        """Image and text features of the batch computed group by group (`nafs.bn_group_size` samples each), so every
+        BatchNorm normalises with its group's statistics, as on each GPU of the official DataParallel runs. The stripe
+        shuffle is drawn once for the step, and the running statistics keep the first group's update only (DataParallel
+        keeps replica 0's buffers)."""
+        g, k = self.n.bn_group_size, self.n.n_sep
+        perms = self.image_net.draw_perms(batch["image"].device)
+        norms = [m for m in self.modules() if isinstance(m, nn.modules.batchnorm._BatchNorm) and m.track_running_stats]
+        text = text_input(batch)
+        images, texts, kept = [], [], None
+        for start in range(0, len(batch["image"]), g):
+            rows = slice(start, start + g)
+            part = {key: (v[start * k:(start + g) * k] if key.startswith("sub_") else v[rows]) for key, v in text.items()}
+            images.append(self.image_features(batch["image"][rows], perms))
+            texts.append(self.encode_texts(part))
+            if kept is None:
+                kept = [(m.running_mean.clone(), m.running_var.clone(), m.num_batches_tracked.clone()) for m in norms]
+        with torch.no_grad():
+            for m, (mean, var, count) in zip(norms, kept):
+                m.running_mean.copy_(mean), m.running_var.copy_(var), m.num_batches_tracked.copy_(count)
+        join = lambda parts: {key: torch.cat([p[key] for p in parts]) for key in parts[0]}  # noqa: E731
+        return join(images), join(texts)
+
     def forward(self, batch: dict) -> dict[str, torch.Tensor]:
         """Weighted terms; CMPM, CMPC and CONT see the batch gathered over ranks, the ID stand-in the local batch."""
         n = self.n
-        img = self.image_features(batch["image"])
-        txt = self.text_features(batch["ids"], batch["mask"], batch.get("pieces"))
+        if n.bn_group_size and len(batch["image"]) > n.bn_group_size:
+            img, txt = self.features_in_bn_groups(batch)
+        else:
+            img, txt = self.image_features(batch["image"]), self.encode_texts(text_input(batch))
         labels = batch["label"]
         all_img = {k: gather_with_grad(v) for k, v in img.items()}
         all_txt = {k: gather_with_grad(v) for k, v in txt.items()}

@@ -26,7 +26,7 @@ import torch.nn.functional as F
 from tireid_core.data.pairs import text_input
 from tireid_core.distributed import gather_with_grad
 from tireid_core.losses import compound_ranking_loss, id_loss
-from tireid_core.methods import Method, MethodModel
+from tireid_core.methods import Method, MethodModel, TextNeeds
 from tireid_core.metrics import cosine_similarity
 from tireid_core.models.backbones import create_backbone
 from tireid_core.models.text_encoders import BiLSTMEncoder, pool_tokens
@@ -53,7 +53,8 @@ class SSANParams:
     lambda_mode: Literal["paper", "official_abs"] = "paper"
     cr_reduction: Literal["sum", "mean"] = "sum"
     inplace_part_act: bool = False  # official: LeakyReLU in place also activates the returned part features
-    global_pool_includes_padding: bool = False  # official: text max-pool over padded positions too
+    global_pool_includes_padding: bool = False  # official: text max-pool over padding up to data.max_words too
+    fallback_anchor: Literal["last_eligible", "official"] = "last_eligible"  # official: the batch's last anchor
 
 
 @dataclass
@@ -127,6 +128,8 @@ class SSAN(MethodModel):
         super().__init__()
         m, s = params.model, params.ssan
         self.s = s
+        # the official global max sees the zero padding up to max_words, so batches must keep it
+        self.text_needs = TextNeeds(full_width=s.global_pool_includes_padding)
         self.mining = torch.Generator()  # reseeded every epoch by start_epoch
         widths = tuple(m.backbone_widths) if m.backbone_widths else None
         self.backbone = create_backbone(m.image_backbone, pretrained=m.pretrained, last_stride=m.last_stride,
@@ -146,8 +149,9 @@ class SSAN(MethodModel):
         if s.part_features:
             self.local_embed = nn.Embedding(vocab_size, m.word_embed_dim, padding_idx=0)
             self.local_dropout = nn.Dropout(m.text_dropout)
-            self.word_attention = nn.Linear(channels, parts, bias=False)  # W_p: per-word, per-part gate logits
-            nn.init.kaiming_normal_(self.word_attention.weight, mode="fan_out")
+            # W_p: per-word, per-part gate logits. PyTorch's default init, as the official 1×1 conv (the only one
+            # there not initialised by Kaiming; equal to nn.Linear's default for the same fan-in)
+            self.word_attention = nn.Linear(channels, parts, bias=False)
             self.W_l = PartLinear(parts, channels, dim)
             self.id_local = nn.ModuleList(self._classifier(dim, num_classes) for _ in range(parts))
         if s.relation:
@@ -250,7 +254,7 @@ class SSAN(MethodModel):
                 gather_with_grad(weak[name].flatten(1)) if weak is not None else None, all_labels, epoch=epoch,
                 alpha1=s.alpha1, beta=s.beta, alpha2_start_epoch=s.alpha2_start_epoch, weak_term=s.weak_term,
                 weak_gate=s.weak_gate, weak_neg=s.weak_neg, lambda_mode=s.lambda_mode, reduction=s.cr_reduction,
-                generator=self.mining,
+                fallback_anchor=s.fallback_anchor, generator=self.mining,
             )
         terms["id"] = s.id_weight * terms["id"]
         terms["loss"] = terms["id"] + terms["cr"]
