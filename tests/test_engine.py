@@ -83,6 +83,7 @@ def ddp_parity(method: str, params_file: Path, data_root: Path, tmp_path: Path, 
     losses and weights must agree. Exact parity needs the same objective: frozen BN statistics, no dropout, no random
     flip, float32 (bfloat16 rounding depends on how the batch is split)."""
     common = [f"{method}.train.freeze_bn=true", f"{method}.train.cpu_bf16=false", f"{method}.model.text_dropout=0.0",
+              f"{method}.model.bert_dropout=0.0",
               f"{method}.data.hflip=false", f"{method}.data.root={data_root}", f"{method}.train.epochs=1", *extra]
     env = {**os.environ, "OMP_NUM_THREADS": "1", "PYTHONPATH": str(pythonpath)}
 

@@ -493,3 +493,17 @@ def test_official_units_train_and_evaluate_through_the_experiment(tiny_params):
     assert torch.isfinite(exp.model(batch)["loss"])
     feats = encode_texts(exp, [exp.train_set[i]["caption"] for i in range(3)], torch.device("cpu"), exp.model, "t")
     assert feats["unit_mask"].shape == (3, exp.model.n_units)
+
+
+def test_stripe_shuffle_draws_from_its_own_stream():
+    """Other random draws (their number can depend on a DDP rank's local batch) never shift the step's stripe order."""
+    model, _ = make()
+    model.train()
+    orders = []
+    for other_draws in (0, 1000):
+        torch.manual_seed(0)
+        model.start_epoch(0)
+        torch.rand(other_draws)
+        orders.append([p.tolist() for _ in range(5) for p in model.image_net.draw_perms("cpu")])
+    assert orders[0] == orders[1]
+    assert len({str(o) for o in orders[0][::2]}) > 1  # and it does shuffle

@@ -119,8 +119,11 @@ def test_bert_loads_local_folder_and_round_trips_weights(tiny_bert_dir):
 
     encoder = BertTextEncoder(str(tiny_bert_dir), pretrained=True).eval()
     reference = BertModel.from_pretrained(tiny_bert_dir)
-    for key, value in reference.state_dict().items():
-        assert torch.equal(encoder.model.state_dict()[key], value), key
+    ours = encoder.model.state_dict()
+    # every weight but the pooler's (never read, so not built) comes from the folder
+    assert set(reference.state_dict()) - set(ours) == {"pooler.dense.weight", "pooler.dense.bias"}
+    for key, value in ours.items():
+        assert torch.equal(value, reference.state_dict()[key]), key
     assert encoder.out_dim == 32
 
     tokenizer = HFTokenizer(str(tiny_bert_dir))
@@ -134,6 +137,18 @@ def test_bert_loads_local_folder_and_round_trips_weights(tiny_bert_dir):
 def test_bert_random_init_and_overrides(tiny_bert_dir):
     encoder = BertTextEncoder(str(tiny_bert_dir), pretrained=False, config_overrides={"hidden_dropout_prob": 0.0})
     assert encoder.config.hidden_dropout_prob == 0.0 and encoder.out_dim == 32
+
+
+def test_bert_dropout_parameter_reaches_the_config(tiny_bert_dir):
+    from types import SimpleNamespace
+
+    from tireid_core.models.text_encoders import create_bert
+
+    m = SimpleNamespace(text_model=str(tiny_bert_dir), text_pretrained=True, bert_dropout=None)
+    assert create_bert(m).config.hidden_dropout_prob == 0.1  # the folder's config
+    m.bert_dropout = 0.0
+    config = create_bert(m).config
+    assert config.hidden_dropout_prob == config.attention_probs_dropout_prob == 0.0
 
 
 def test_bert_base_architecture_builds_offline_without_cache(offline):

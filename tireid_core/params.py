@@ -67,6 +67,7 @@ class ModelParams:
     text_model: str = "bert-base-uncased"  # hub name, or a local folder written by save_pretrained ("./..." is
     # relative to the params file), for text_encoder=bert
     text_pretrained: bool = True  # for text_encoder=bert
+    bert_dropout: float | None = None  # BERT's hidden and attention dropout; None keeps its config's (0.1 in BERT-base)
     word_min_count: int = 2  # vocabulary for bilstm/transformer
     word_embed_dim: int = 128
     text_hidden: int = 128

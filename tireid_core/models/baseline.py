@@ -18,7 +18,7 @@ from tireid_core.losses import cmpm_loss, id_loss
 from tireid_core.methods import Method, MethodModel
 from tireid_core.metrics import cosine_similarity
 from tireid_core.models.backbones import create_backbone
-from tireid_core.models.text_encoders import create_text_encoder, pool_tokens
+from tireid_core.models.text_encoders import create_bert, create_text_encoder, pool_tokens
 from tireid_core.params import ModelParams, RunParams
 
 
@@ -47,7 +47,7 @@ def build_text_encoder(p: ModelParams, vocab_size: int, max_len: int) -> nn.Modu
             "transformer", vocab_size=vocab_size, dim=p.text_hidden, layers=p.text_layers, heads=p.text_heads,
             max_len=max_len, dropout=p.text_dropout,
         )
-    return create_text_encoder("bert", name_or_path=p.text_model, pretrained=p.text_pretrained)
+    return create_bert(p)
 
 
 class Baseline(MethodModel):

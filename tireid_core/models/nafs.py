@@ -31,7 +31,7 @@ from tireid_core.methods import Method, MethodModel, TextNeeds
 from tireid_core.metrics import cosine_similarity
 from tireid_core.models.backbones import Backbone, create_backbone
 from tireid_core.models.nafs_scoring import cnl_scores, cnl_weights, l2_normalize, rvn_rerank, visual_similarity
-from tireid_core.models.text_encoders import create_text_encoder
+from tireid_core.models.text_encoders import create_bert, create_text_encoder
 from tireid_core.params import ParamsError, RunParams
 
 
@@ -126,6 +126,7 @@ class Staircase(nn.Module):
         super().__init__()
         self.backbone = backbone  # stem, layer1, layer2 shared; layer3 + layer4 are the global branch
         self.scales, self.part2, self.part3, self.shuffle = scales, part2, part3, shuffle
+        self.shuffle_rng = torch.Generator()  # reseeded every epoch by NAFS.start_epoch
         if scales in ("single", "full"):
             self.branch2 = nn.Sequential(copy.deepcopy(backbone.layer3), copy.deepcopy(backbone.layer4))
         if scales == "full":
@@ -136,9 +137,11 @@ class Staircase(nn.Module):
         return {"global": 0, "single": self.part2, "full": self.part2 + self.part3}[self.scales]
 
     def _perm(self, parts: int, device) -> torch.Tensor:
-        """A fresh permutation per training step, shared by the batch; the identity at test time."""
+        """A fresh permutation per training step, shared by the batch (and by every DDP rank: the stream is the model's
+        own, so other random draws, whose number can depend on the local batch size, do not shift it); the identity
+        at test time."""
         if self.training and self.shuffle:
-            return torch.randperm(parts).to(device)
+            return torch.randperm(parts, generator=self.shuffle_rng).to(device)
         return torch.arange(parts, device=device)
 
     def draw_perms(self, device) -> tuple[torch.Tensor, torch.Tensor]:
@@ -252,7 +255,7 @@ class NAFS(MethodModel):
         backbone = create_backbone(m.image_backbone, pretrained=m.pretrained, last_stride=m.last_stride, widths=widths)
         self.image_net = Staircase(backbone, n.scales, n.part2, n.part3, n.shuffle)
         if m.text_encoder == "bert":
-            self.text_encoder = create_text_encoder("bert", name_or_path=m.text_model, pretrained=m.text_pretrained)
+            self.text_encoder = create_bert(m)
         else:
             self.text_encoder = create_text_encoder("transformer", vocab_size=vocab_size, dim=m.text_hidden,
                                                     layers=m.text_layers, heads=m.text_heads,
@@ -438,6 +441,11 @@ class NAFS(MethodModel):
         return out
 
     # ------------------------------------------------------------------ training
+    def start_epoch(self, epoch: int) -> None:
+        """The stripe shuffle draws from the model's own stream, seeded here from the (just reseeded) global RNG."""
+        super().start_epoch(epoch)
+        self.image_net.shuffle_rng.manual_seed(int(torch.randint(2**62, ())))
+
     def features_in_bn_groups(self, batch: dict) -> tuple[dict, dict]:
         """Image and text features of the batch computed group by group (`nafs.bn_group_size` samples each), so every
         BatchNorm normalises with its group's statistics, as on each GPU of the official DataParallel runs. The stripe

@@ -193,6 +193,15 @@ class BertTextEncoder(nn.Module):
         return self.model(input_ids=ids, attention_mask=attention_mask, position_ids=positions).last_hidden_state
 
 
+def create_bert(model_params) -> BertTextEncoder:
+    """The `text_encoder: bert` of a run's model parameters (folder or hub name, pretrained or not, dropout)."""
+    m = model_params
+    overrides = None
+    if m.bert_dropout is not None:
+        overrides = {"hidden_dropout_prob": m.bert_dropout, "attention_probs_dropout_prob": m.bert_dropout}
+    return BertTextEncoder(m.text_model, pretrained=m.text_pretrained, config_overrides=overrides)
+
+
 _TEXT_ENCODERS = {"bilstm": BiLSTMEncoder, "transformer": TransformerTextEncoder, "bert": BertTextEncoder}
 
 
