@@ -4,11 +4,15 @@ VENV   := .venv
 BIN    := $(VENV)/bin
 STAMP  := $(VENV)/.installed
 
-.PHONY: install repro test paper bench clean
+.PHONY: install repro test paper bench clean strip-notebooks
 
 $(STAMP): pyproject.toml
 	test -x $(BIN)/python || $(PYTHON) -m venv $(VENV)
 	$(BIN)/pip install --quiet -e '.[dev]'
+	# git keeps notebooks output-free whatever JupyterLab saves: nbstripout as a clean filter (.git/config)
+	if git rev-parse --is-inside-work-tree >/dev/null 2>&1; then $(BIN)/nbstripout --install; fi
+	# `dvc plots show` offline: a page template with Vega inlined (.dvc/tmp, named in .dvc/config.local)
+	$(BIN)/python -m tireid_core.offline_plots
 	touch $(STAMP)
 
 install: $(STAMP)
@@ -26,6 +30,11 @@ paper: $(STAMP)
 bench: $(STAMP)
 	$(BIN)/python benchmarks/bench_eval.py
 	$(BIN)/python benchmarks/bench_repro.py
+
+# After running notebooks in JupyterLab: drop their outputs from the working files, so `dvc status` sees the committed
+# notebooks again (git already ignores outputs through the filter).
+strip-notebooks: $(STAMP)
+	$(BIN)/nbstripout notebooks/*.ipynb
 
 clean:
 	rm -rf runs data .dvc/cache

@@ -1,12 +1,17 @@
 """Shared fixtures: a tiny SimPEDES dataset (generated once per session) and tiny run parameters."""
 from pathlib import Path
 
+import os
+import shutil
+import subprocess
+import sys
+
 import huggingface_hub.constants
 import pytest
 import torch
 import yaml
 
-from tireid_core.params import load_run_params
+from tireid_core.params import deep_merge, load_run_params
 
 REPO = Path(__file__).resolve().parent.parent
 
@@ -105,3 +110,56 @@ def tiny_bert_dir(tmp_path, offline):
     # transformers 5 takes the vocabulary as a mapping (a vocab_file path silently gives [UNK] for everything)
     BertTokenizerFast(vocab={t: i for i, t in enumerate(tokens)}, do_lower_case=True).save_pretrained(model_dir)
     return model_dir
+
+
+PATH_KEYS = ("out_dir", "root", "out", "data", "exclude", "pretrained", "text_model")
+
+
+def _strip_paths(d):
+    """Tiny sizes, but the demo paths that dvc.yaml declares (datasets, run folders, stand-ins)."""
+    if isinstance(d, dict):
+        return {k: _strip_paths(v) for k, v in d.items() if not (k in PATH_KEYS and isinstance(v, str))}
+    return d
+
+
+class TinyPipeline:
+    """A scratch git repository of the project whose params.yaml is the tiny profile, after one `dvc repro`, with
+    dvc.lock committed (DVC experiments need a git commit to start from)."""
+
+    def __init__(self, work: Path):
+        self.work = work
+        self.env = {**os.environ, "PATH": f"{Path(sys.executable).parent}{os.pathsep}{os.environ['PATH']}",
+                    "PYTHONPATH": str(work), "DVC_NO_ANALYTICS": "1"}
+
+    def dvc(self, *args) -> str:
+        proc = subprocess.run([sys.executable, "-m", "dvc", *args], cwd=self.work, env=self.env, capture_output=True,
+                              text=True, timeout=1800)
+        assert proc.returncode == 0, proc.stdout[-3000:] + proc.stderr[-3000:]
+        return proc.stdout
+
+    def git(self, *args) -> str:
+        return subprocess.run(["git", "-c", "user.name=tests", "-c", "user.email=tests@localhost", *args],
+                              cwd=self.work, capture_output=True, text=True, check=True).stdout
+
+
+@pytest.fixture(scope="session")
+def tiny_pipeline(tmp_path_factory) -> TinyPipeline:
+    """The whole pipeline run once per session on the tiny profile: the pipeline test checks DVC's side, the notebook
+    tests read the notebooks it executed (so nothing is trained or executed twice)."""
+    work = tmp_path_factory.mktemp("pipeline") / "project"
+    work.mkdir()
+    for item in ("tireid_core", "notebooks", "configs", "references", "dvc.yaml"):
+        src = REPO / item
+        (shutil.copytree if src.is_dir() else shutil.copy)(src, work / item)
+    params = yaml.safe_load((REPO / "params.yaml").read_text())
+    tiny = yaml.safe_load((REPO / "configs" / "tiny.yaml").read_text())
+    (work / "params.yaml").write_text(yaml.safe_dump(deep_merge(params, _strip_paths(tiny)), sort_keys=False))
+    pipeline = TinyPipeline(work)
+    pipeline.git("init", "-q")
+    pipeline.dvc("init", "-q")
+    pipeline.git("add", "-A")
+    pipeline.git("commit", "-qm", "the tiny project")
+    pipeline.dvc("repro")
+    pipeline.git("add", "-A")
+    pipeline.git("commit", "-qm", "dvc repro")
+    return pipeline

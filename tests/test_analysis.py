@@ -161,3 +161,11 @@ def test_budget_caveat_names_the_runs_still_climbing():
     assert analysis.budget_caveat([flat]) == ""
     line = analysis.budget_caveat([climbing, flat])
     assert "a is still climbing" in line and "b" not in line.split("caveat:")[1].split("is still")[0]
+
+
+def test_metrics_table_orders_recall_by_rank_and_counts_epochs_from_one():
+    summary = {"best": {"epoch": 0, "test": {"R@1": 1.0, "R@10": 3.0, "R@5": 2.0, "mAP": 4.0}},
+               "last": {"epoch": 2, "test": {"R@1": 1.5, "R@10": 3.5, "R@5": 2.5, "mAP": 4.5}}}
+    table = analysis.metrics_table(summary)
+    assert list(table.columns) == ["R@1", "R@5", "R@10", "mAP"]
+    assert list(table.index) == ["best (epoch 1)", "last (epoch 3)"]

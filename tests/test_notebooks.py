@@ -5,10 +5,7 @@ from pathlib import Path
 import nbformat
 import pytest
 
-from tireid_core.engine import fit
-from tireid_core.experiment import build_experiment
 from tireid_core.methods import available_methods
-from tireid_core.params import load_run_params, method_rows
 from tireid_core.run import execute_notebook
 from tireid_core.runs import RunMissing, load_run
 
@@ -25,6 +22,30 @@ def test_notebooks_are_committed_without_outputs_and_have_parameters():
         params = [c for c in code if "parameters" in c.metadata.get("tags", [])]
         assert len(params) == 1, f"{name}: one parameters cell"
         assert "params_file = None" in params[0].source and "save_outputs = False" in params[0].source, name
+
+
+def test_notebooks_are_in_the_form_the_git_filter_writes():
+    """nbstripout (installed as a git clean filter by `make install`) leaves every committed notebook unchanged, so a
+    notebook saved with outputs by JupyterLab shows no change to git, and `make strip-notebooks` restores the files."""
+    from nbstripout import strip_output
+
+    for name in NOTEBOOKS:
+        path = REPO / "notebooks" / f"{name}.ipynb"
+        nb = nbformat.read(path, as_version=nbformat.NO_CONVERT)
+        stripped = nbformat.writes(strip_output(nb, keep_output=False, keep_count=False, keep_id=False))
+        assert stripped + "\n" == path.read_text(), f"{name}: run `make strip-notebooks` before committing"
+
+
+def test_the_set_up_installed_the_git_filter():
+    import subprocess
+    import sys
+
+    if subprocess.run(["git", "rev-parse", "--is-inside-work-tree"], cwd=REPO, capture_output=True).returncode:
+        pytest.skip("not a git checkout: there is no git filter to install")
+    if not (REPO / ".venv" / ".installed").exists():
+        pytest.skip("set up without `make install` (e.g. conda): run `nbstripout --install` yourself")
+    proc = subprocess.run([sys.executable, "-m", "nbstripout", "--is-installed"], cwd=REPO, capture_output=True)
+    assert proc.returncode == 0, "nbstripout is not installed as a git filter: run `make install`"
 
 
 def test_notebooks_train_nothing():
@@ -46,14 +67,6 @@ def _sets(tmp_path, root, stand_ins):
     return sets
 
 
-def _train_rows(method: str, tmp_path, root, stand_ins, rows=None):
-    """What the train_<method> stage produces, on the tiny profile (every row, or `rows`)."""
-    for row in rows or method_rows(method, REPO / "params.yaml", profile="tiny"):
-        params = load_run_params(method, REPO / "params.yaml", row=row, profile="tiny",
-                                 sets=_method_sets(method, tmp_path, root, stand_ins))
-        fit(build_experiment(params))
-
-
 def test_missing_run_names_the_command_that_makes_it(tmp_path, tiny_simpedes, tiny_stand_ins):
     with pytest.raises(RunMissing, match=r"no finished run of ssan row 'full'.*python -m tireid_core.train ssan --row "
                                          r"full --profile tiny"):
@@ -62,35 +75,37 @@ def test_missing_run_names_the_command_that_makes_it(tmp_path, tiny_simpedes, ti
 
 @pytest.mark.slow
 @pytest.mark.parametrize("name", NOTEBOOKS)
-def test_notebook_runs_on_tiny_profile(name, tmp_path, tiny_simpedes, tiny_stand_ins):
+def test_notebook_runs_on_tiny_profile(name, tiny_pipeline):
+    """The notebooks as the tiny `dvc repro` executed them (papermill, reading the runs its train stages made)."""
     method = name.removesuffix("_analysis")
-    if method in available_methods():
-        _train_rows(method, tmp_path, tiny_simpedes, tiny_stand_ins)
-    if name == "nafs_analysis":  # compares with the baseline's full row; ssan_analysis runs without it (and says so)
-        _train_rows("baseline", tmp_path, tiny_simpedes, tiny_stand_ins, rows=["full"])
-    out = execute_notebook(name, profile="tiny", sets=_sets(tmp_path, tiny_simpedes, tiny_stand_ins),
-                           params_file=REPO / "params.yaml",
-                           out_dir=tmp_path / "nb")
-    nb = nbformat.read(out, as_version=4)
+    runs = tiny_pipeline.work / "runs" / "demo"
+    nb = nbformat.read(runs / "notebooks" / f"{name}.ipynb", as_version=4)
     errors = [o for c in nb.cells if c.cell_type == "code" for o in c.outputs if o.output_type == "error"]
     assert not errors
-    assert (tmp_path / "nb" / f"{name}.html").exists()
+    assert (runs / "notebooks" / f"{name}.html").exists()
     if name in ("baseline", "ssan", "nafs"):
-        metrics = json.loads((tmp_path / name / "full" / "metrics.json").read_text())
+        metrics = json.loads((runs / name / "full" / "metrics.json").read_text())
         assert 0 <= metrics["best"]["test"]["R@1"] <= 100
-        assert (tmp_path / name / "figures" / "retrieval.png").exists()
+        assert (runs / name / "figures" / "retrieval.png").exists()
+    text = "".join(o.get("text", "") for c in nb.cells if c.cell_type == "code" for o in c.outputs)
     if name.endswith("_analysis"):
-        assert (tmp_path / method / "analysis" / "figures" / "val_curves.png").exists()
-        text = "".join(o.get("text", "") for c in nb.cells if c.cell_type == "code" for o in c.outputs)
+        assert (runs / method / "analysis" / "figures" / "val_curves.png").exists()
         assert "share one recipe" in text and "full vs global_only" in text
-        assert ("minus baseline full" in text) == (name == "nafs_analysis"), "baseline comparison shown iff trained"
-        assert ("the baseline run is missing" in text) == (name == "ssan_analysis")
+        assert "minus baseline full" in text and "the baseline run is missing" not in text
     if name == "ssan_analysis":
-        analysis = json.loads((tmp_path / "ssan" / "analysis" / "analysis.json").read_text())
+        analysis = json.loads((runs / "ssan" / "analysis" / "analysis.json").read_text())
         assert set(analysis) == {"intra_class_ratio", "word_part_agreement", "word_part_chance"}
-        assert (tmp_path / "ssan" / "analysis" / "figures" / "tsne_text_intra_class.png").exists()
+        assert (runs / "ssan" / "analysis" / "figures" / "tsne_text_intra_class.png").exists()
     if name == "nafs_analysis":
-        analysis = json.loads((tmp_path / "nafs" / "analysis" / "analysis.json").read_text())
+        analysis = json.loads((runs / "nafs" / "analysis" / "analysis.json").read_text())
         assert set(analysis) == {"rvn_r1_by_k", "official_rvn_shuffled_order_r1", "word_region_agreement"}
         assert set(analysis["word_region_agreement"]) == {"branch_2", "branch_3"}
-        assert (tmp_path / "nafs" / "analysis" / "figures" / "word_region_attention.png").exists()
+        assert (runs / "nafs" / "analysis" / "figures" / "word_region_attention.png").exists()
+
+
+def test_analysis_without_the_baseline_says_so(tmp_path):
+    from tireid_core.runs import baseline_comparison
+
+    lines = baseline_comparison("SSAN", None, REPO / "params.yaml", "tiny", [f"baseline.out_dir={tmp_path / 'none'}"])
+    assert len(lines) == 1 and "SSAN global_only vs baseline full: not compared, the baseline run is missing" in lines[0]
+    assert "python -m tireid_core.train baseline --row full" in lines[0]

@@ -1,67 +1,81 @@
 """The pipeline: dvc.yaml is generated and up to date, stage dependencies follow the imports, and `dvc repro` runs end
 to end on the tiny profile in a scratch copy of the project; then a no-op."""
 import json
-import os
-import shutil
-import subprocess
-import sys
 from pathlib import Path
 
 import pytest
-import yaml
 
-from tireid_core.params import deep_merge
 from tireid_core.pipeline import build_stages, import_closure, imports_of_source, main as pipeline_main
 
 REPO = Path(__file__).resolve().parent.parent
 
 
-PATH_KEYS = ("out_dir", "root", "out", "data", "exclude", "pretrained", "text_model")
-
-
-def _strip_paths(d):
-    """Tiny sizes, but the demo paths that dvc.yaml declares (datasets, run folders, stand-ins)."""
-    if isinstance(d, dict):
-        return {k: _strip_paths(v) for k, v in d.items() if not (k in PATH_KEYS and isinstance(v, str))}
-    return d
-
-
 @pytest.mark.slow
-def test_dvc_repro_tiny_then_noop(tmp_path):
-    work = tmp_path / "project"
-    work.mkdir()
-    for item in ("tireid_core", "notebooks", "configs", "references", "dvc.yaml"):
-        src = REPO / item
-        (shutil.copytree if src.is_dir() else shutil.copy)(src, work / item)
-    params = yaml.safe_load((REPO / "params.yaml").read_text())
-    tiny = yaml.safe_load((REPO / "configs" / "tiny.yaml").read_text())
-    (work / "params.yaml").write_text(yaml.safe_dump(deep_merge(params, _strip_paths(tiny)), sort_keys=False))
-    env = {**os.environ, "PATH": f"{Path(sys.executable).parent}{os.pathsep}{os.environ['PATH']}",
-           "PYTHONPATH": str(work), "DVC_NO_ANALYTICS": "1"}
-    dvc = [sys.executable, "-m", "dvc"]
-
-    def run(*args):
-        proc = subprocess.run([*dvc, *args], cwd=work, env=env, capture_output=True, text=True, timeout=1800)
-        assert proc.returncode == 0, proc.stdout[-3000:] + proc.stderr[-3000:]
-        return proc.stdout
-
-    run("init", "--no-scm", "-q")
-    run("repro")
+def test_dvc_repro_tiny_then_noop(tiny_pipeline):
+    work = tiny_pipeline.work
     metrics = json.loads((work / "runs/demo/baseline/full/metrics.json").read_text())
     assert {"best", "last"} <= set(metrics)
     assert (work / "runs/demo/notebooks/baseline.html").exists()
     assert (work / "data/simpedes/reid_raw.json").exists()
-    second = run("repro")
+    second = tiny_pipeline.dvc("repro")
     assert "up to date" in second, second
-    shown = run("metrics", "show", "--json")
+    shown = tiny_pipeline.dvc("metrics", "show", "--json")
     assert '"R@1"' in shown
     # editing a notebook's prose re-runs that notebook only: training never depends on a notebook
     nb_path = work / "notebooks" / "ssan.ipynb"
-    nb = json.loads(nb_path.read_text())
+    original = nb_path.read_text()
+    nb = json.loads(original)
     next(c for c in nb["cells"] if c["cell_type"] == "markdown")["source"].append("\nAn edited sentence.")
     nb_path.write_text(json.dumps(nb))
-    status = json.loads(run("status", "--json"))
+    try:
+        status = json.loads(tiny_pipeline.dvc("status", "--json"))
+    finally:
+        nb_path.write_text(original)
     assert set(status) == {"ssan"}, status
+
+
+def _experiment(shown, name: str) -> dict:
+    """The entry of experiment `name` in `dvc exp show --json` (searched, so the test does not pin DVC's nesting)."""
+    stack = [shown]
+    while stack:
+        item = stack.pop()
+        if isinstance(item, dict):
+            if item.get("name") == name and "data" in item:
+                return item["data"]
+            stack.extend(item.values())
+        elif isinstance(item, list):
+            stack.extend(item)
+    raise AssertionError(f"no experiment {name!r} in dvc exp show --json")
+
+
+@pytest.mark.slow
+def test_an_experiment_reads_back_its_parameters_and_metrics(tiny_pipeline):
+    """`dvc exp run -S` then `dvc exp show --json`: the README's "Changing a parameter" workflow on the tiny profile."""
+    tiny_pipeline.dvc("exp", "run", "--temp", "-n", "seed1", "-S", "baseline.train.seed=1", "train_baseline@full")
+    data = _experiment(json.loads(tiny_pipeline.dvc("exp", "show", "--json")), "seed1")
+    assert data["params"]["params.yaml"]["data"]["baseline"]["train"]["seed"] == 1
+    metrics = data["metrics"]["runs/demo/baseline/full/metrics.json"]["data"]
+    low, high = metrics["best"]["test_ci95"]["R@1"]["low"], metrics["best"]["test_ci95"]["R@1"]["high"]
+    assert low <= metrics["best"]["test"]["R@1"] <= high
+    assert tiny_pipeline.git("status", "--porcelain") == ""  # --temp: the workspace is untouched
+
+
+@pytest.mark.slow
+def test_dvc_plots_show_renders_without_the_internet(tiny_pipeline, tmp_path):
+    """The offline template (`make install`) inlines Vega: the page `dvc plots show` writes loads nothing from a CDN and
+    draws every declared plot, one curve per ablation row."""
+    import subprocess
+    import sys
+
+    subprocess.run([sys.executable, "-m", "tireid_core.offline_plots", "--repo", str(tiny_pipeline.work)], check=True,
+                   env=tiny_pipeline.env, capture_output=True)
+    tiny_pipeline.dvc("plots", "show", "-o", str(tmp_path / "plots"))
+    page = (tmp_path / "plots" / "index.html").read_text()
+    assert "cdn.jsdelivr" not in page and "<script src=" not in page
+    assert "vegaEmbed(" in page and "function" in page  # the library itself is on the page
+    for method, rows in (("ssan", 4), ("nafs", 5)):
+        assert f"{method}: val R@1 per epoch, every row" in page
+        assert page.count(f"runs/demo/{method}/") >= rows
 
 
 def test_dvc_yaml_is_the_generated_one():

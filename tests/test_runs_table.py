@@ -22,7 +22,7 @@ def fake_run(root: Path, name: str, r1, ap, query_index=None, with_ci=True, epoc
     best = {"epoch": epochs - 2, "test": {"R@1": round(100 * r1.mean(), 2), "R@5": 90.0, "R@10": 95.0,
                                           "rSum": 300.0, "mAP": round(100 * ap.mean(), 2), "mINP": 20.0}}
     if with_ci:
-        best["test_ci95"] = {"R@1": list(bootstrap_interval(r1)), "mAP": list(bootstrap_interval(ap))}
+        best["test_ci95"] = {k: dict(zip(("low", "high"), bootstrap_interval(v))) for k, v in (("R@1", r1), ("mAP", ap))}
     write_json(run_dir / "metrics.json", {"best": best, "last": {"epoch": epochs - 1, "test": best["test"]},
                                          "selection_split": "val", "n_test_queries": len(r1)})
     summary = json.loads((run_dir / "metrics.json").read_text())
@@ -114,12 +114,13 @@ def test_final_evaluation_writes_per_query_values_and_intervals(tiny_params):
     assert round(100 * np.mean(pq["AP"]), 2) == pytest.approx(best["test"]["mAP"], abs=0.011)
     assert set(best["test"]) == {"R@1", "R@5", "R@10", "rSum", "mAP", "mINP"}
     # the file holds values rounded to 6 decimals; the intervals were computed before rounding
-    assert best["test_ci95"]["R@1"] == pytest.approx(list(bootstrap_interval(pq["R@1"])), abs=0.011)
-    assert best["test_ci95"]["mAP"] == pytest.approx(list(bootstrap_interval(pq["AP"])), abs=0.011)
-    assert best["test_ci95"]["R@1"][0] <= best["test"]["R@1"] <= best["test_ci95"]["R@1"][1]
+    ci = {k: [v["low"], v["high"]] for k, v in best["test_ci95"].items()}  # scalars, so DVC lists them
+    assert ci["R@1"] == pytest.approx(list(bootstrap_interval(pq["R@1"])), abs=0.011) == run.test_ci95()["R@1"]
+    assert ci["mAP"] == pytest.approx(list(bootstrap_interval(pq["AP"])), abs=0.011)
+    assert ci["R@1"][0] <= best["test"]["R@1"] <= ci["R@1"][1]
     record = json.loads((run.run_dir / "eval" / "test_best.json").read_text())["final"]
     assert "per_query" not in record
     table = ablation_table({"full": run})
     assert table.iloc[0]["ΔR@1 vs previous [95% CI]"] == "—"
-    lo, hi = best["test_ci95"]["mAP"]
+    lo, hi = ci["mAP"]
     assert table.iloc[0]["mAP 95% CI"] == f"{lo:.1f}–{hi:.1f}"

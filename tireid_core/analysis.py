@@ -69,7 +69,9 @@ def metrics_table(summary: dict) -> pd.DataFrame:
     for row in ("best", "last"):
         if row in summary:
             rows[f"{row} (epoch {summary[row]['epoch'] + 1})"] = summary[row]["test"]
-    return pd.DataFrame(rows).T
+    table = pd.DataFrame(rows).T
+    order = [k for k in ("R@1", "R@5", "R@10", "rSum", "mAP", "mINP") if k in table.columns]
+    return table[order + [c for c in table.columns if c not in order]]
 
 
 class FigureSaver:

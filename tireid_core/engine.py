@@ -25,7 +25,7 @@ from tqdm.auto import tqdm
 
 from tireid_core import distributed as dist
 from tireid_core.data.samplers import rank_slice
-from tireid_core.evaluation import SUMMARY_KEYS, evaluate, final_evaluation
+from tireid_core.evaluation import REPORTED_KEYS, evaluate, final_evaluation
 from tireid_core.experiment import Experiment
 from tireid_core.io import atomic_torch_save, load_checkpoint, load_model_state
 from tireid_core.params import RunParams, save_params, to_dict
@@ -232,11 +232,11 @@ def fit(exp: Experiment, resume: bool = False, on_epoch_end: Callable[[int, dict
         if is_main:
             if exp.val_set is not None and tp.selection_split == "val":
                 val = evaluate(exp, exp.val_set, device)["metrics"]["final"]
-                record.update({f"val/{k}": float(val[k]) for k in SUMMARY_KEYS if k in val})
+                record.update({f"val/{k}": float(val[k]) for k in REPORTED_KEYS if k in val})
                 score = float(val["R@1"])
             elif tp.selection_split == "test":
                 test = evaluate(exp, exp.test_set, device)["metrics"]["final"]
-                record.update({f"test/{k}": float(test[k]) for k in SUMMARY_KEYS if k in test})
+                record.update({f"test/{k}": float(test[k]) for k in REPORTED_KEYS if k in test})
                 score = float(test["R@1"])
             else:  # "last", or no val split: the last epoch is the selected one
                 score = float(epoch)

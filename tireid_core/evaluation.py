@@ -20,7 +20,8 @@ from tireid_core.metrics import metrics_record, reid_metrics, retrieval_metrics
 from tireid_core.runtime import image_batch, to_device
 from tireid_core.stats import bootstrap_interval
 
-SUMMARY_KEYS = ("R@1", "R@5", "R@10", "rSum", "mAP", "mINP", "mAP_trapezoid")
+SUMMARY_KEYS = ("R@1", "R@5", "R@10", "rSum", "mAP", "mINP")
+REPORTED_KEYS = SUMMARY_KEYS + ("mAP_trapezoid",)  # summaries and curves; the last only with eval.also_trapezoid_map
 
 
 def _concat(chunks: list[dict]) -> dict[str, torch.Tensor]:
@@ -111,7 +112,7 @@ def evaluate(exp: Experiment, evalset, device: torch.device, model: nn.Module | 
 
 def summary(m: dict) -> dict:
     """The headline numbers of a metrics dict (image ReID has no rSum)."""
-    return {k: round(float(m[k]), 2) for k in SUMMARY_KEYS if k in m}
+    return {k: round(float(m[k]), 2) for k in REPORTED_KEYS if k in m}
 
 
 def per_query_record(per_query: dict) -> dict:
@@ -156,10 +157,12 @@ def final_evaluation(exp: Experiment, device: torch.device, history: list, best:
         write_json(run_dir / "eval" / f"test_{row}.json", recs)
         summary_out[row] = {"epoch": epoch, "test": summary(ev["metrics"]["final"])}
         if row == "best" and any("val/R@1" in h for h in history):
-            summary_out[row]["val"] = {k: round(history[epoch][f"val/{k}"], 2) for k in SUMMARY_KEYS
+            summary_out[row]["val"] = {k: round(history[epoch][f"val/{k}"], 2) for k in REPORTED_KEYS
                                        if f"val/{k}" in history[epoch]}
     write_json(run_dir / "eval" / "test_best_per_query.json", per_query_record(per_query))
-    summary_out["best"]["test_ci95"] = bootstrap_ci95(per_query)
+    # {"low", "high"} rather than a pair: DVC reads only scalars, so `dvc metrics show` / `dvc exp show` list them
+    summary_out["best"]["test_ci95"] = {k: {"low": lo, "high": hi}
+                                        for k, (lo, hi) in bootstrap_ci95(per_query).items()}
     summary_out["selection_split"] = context["selection_split"]
     summary_out["n_test_queries"] = int(best_eval["metrics"]["final"]["n_queries_valid"])
     write_json(run_dir / "history.json", history)

@@ -16,7 +16,7 @@ from pathlib import Path
 
 import pandas as pd
 
-from tireid_core.evaluation import SUMMARY_KEYS, bootstrap_ci95, load_features, summary
+from tireid_core.evaluation import REPORTED_KEYS, bootstrap_ci95, load_features, summary
 from tireid_core.io import load_checkpoint, load_model_state
 from tireid_core.params import RunParams, load_run_params, method_rows, resolve_params_file
 from tireid_core.stats import paired_bootstrap_difference
@@ -59,8 +59,9 @@ class FinishedRun:
     def test_ci95(self) -> dict:
         """{"R@1": [low, high], "mAP": [low, high]}: 95 % bootstrap intervals of the best model's test metrics."""
         ci = self.summary.get("best", {}).get("test_ci95")
-        # metrics.json written before intervals were added: recompute them the same way from the per-query file
-        return ci if ci is not None else bootstrap_ci95(self.per_query())
+        if ci is None:  # metrics.json written before intervals were added: recompute them from the per-query file
+            return bootstrap_ci95(self.per_query())
+        return {k: [v["low"], v["high"]] if isinstance(v, dict) else list(v) for k, v in ci.items()}
 
     def features(self) -> tuple[dict, dict]:
         """(gallery, queries) feature dicts of the selected model on test."""
@@ -161,7 +162,7 @@ def ablation_table(runs: dict[str, FinishedRun]) -> pd.DataFrame:
     for run in runs.values():
         best = run.summary["best"]
         ci = run.test_ci95()
-        rows[run.label] = {**{k: best["test"][k] for k in SUMMARY_KEYS if k in best["test"]},
+        rows[run.label] = {**{k: best["test"][k] for k in REPORTED_KEYS if k in best["test"]},
                            "R@1 95% CI": _interval(ci["R@1"]), "mAP 95% CI": _interval(ci["mAP"])}
         for metric in ("R@1", "mAP"):
             rows[run.label][f"Δ{metric} vs previous [95% CI]"] = (
@@ -183,3 +184,27 @@ def identical_rows(runs: dict[str, FinishedRun]) -> list[tuple[str, str]]:
 
     names = list(runs)
     return [(a, b) for i, a in enumerate(names) for b in names[i + 1:] if key(runs[a]) == key(runs[b])]
+
+
+def baseline_comparison(name: str, global_run, params_file, profile: str, sets: list) -> list[str]:
+    """Lines comparing a paper's global-only row with the baseline's full row, the same kind of model: their paired
+    difference, the budget caveat and what differs between them; or why they cannot be compared."""
+    from tireid_core.analysis import agreement_line, budget_caveat, recipe_line
+
+    title = f"{name} global_only vs baseline full"
+    try:
+        baseline = load_run("baseline", "full", params_file, profile, sets)
+    except RunMissing as err:
+        return [f"{title}: not compared, the baseline run is missing.\n  {err}"]
+    try:
+        same = paired_difference(baseline, global_run)
+    except ValueError as err:  # the two runs were evaluated on different test queries
+        return [f"{title}: not compared: {err}"]
+    lines = [agreement_line(f"{name} global_only minus baseline full ({baseline.label})", same),
+             budget_caveat([baseline, global_run]),
+             f"  text encoders: {name} {global_run.params.model.text_encoder}, "
+             f"baseline {baseline.params.model.text_encoder}"]
+    if recipe_line(baseline.params.train) != recipe_line(global_run.params.train):
+        lines.append(f"  recipes differ: baseline {recipe_line(baseline.params.train)}; "
+                     f"{name} {recipe_line(global_run.params.train)}")
+    return lines

@@ -158,7 +158,9 @@ class BertTextEncoder(nn.Module):
     def __init__(self, name_or_path: str = "bert-base-uncased", pretrained: bool = True, config_overrides=None):
         super().__init__()
         from transformers import AutoConfig, AutoModel, BertConfig
+        from transformers.utils import logging as hf_logging
 
+        hf_logging.disable_progress_bar()  # a "Loading weights" bar per model would flood notebook exports
         overrides = dict(config_overrides or {})
         if pretrained:
             try:
