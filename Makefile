@@ -1,6 +1,8 @@
 # Two commands from a fresh clone:  `make repro` (install + dvc repro)  and  `make test` (install + tests).
 PYTHON ?= python3.11
 VENV   := .venv
+# notebook metadata that JupyterLab rewrites on every save (the Python version, the kernel's display name): stripped too
+NB_EXTRA_KEYS := metadata.language_info metadata.kernelspec.display_name
 BIN    := $(VENV)/bin
 STAMP  := $(VENV)/.installed
 
@@ -10,7 +12,8 @@ $(STAMP): pyproject.toml
 	test -x $(BIN)/python || $(PYTHON) -m venv $(VENV)
 	$(BIN)/pip install --quiet -e '.[dev]'
 	# git keeps notebooks output-free whatever JupyterLab saves: nbstripout as a clean filter (.git/config)
-	if git rev-parse --is-inside-work-tree >/dev/null 2>&1; then $(BIN)/nbstripout --install; fi
+	if git rev-parse --is-inside-work-tree >/dev/null 2>&1; then $(BIN)/nbstripout --install && \
+		git config filter.nbstripout.extrakeys '$(NB_EXTRA_KEYS)'; fi
 	# `dvc plots show` offline: a page template with Vega inlined (.dvc/tmp, named in .dvc/config.local)
 	$(BIN)/python -m tireid_core.offline_plots
 	touch $(STAMP)
@@ -34,7 +37,7 @@ bench: $(STAMP)
 # After running notebooks in JupyterLab: drop their outputs from the working files, so `dvc status` sees the committed
 # notebooks again (git already ignores outputs through the filter).
 strip-notebooks: $(STAMP)
-	$(BIN)/nbstripout notebooks/*.ipynb
+	$(BIN)/nbstripout --extra-keys '$(NB_EXTRA_KEYS)' notebooks/*.ipynb
 
 clean:
 	rm -rf runs data .dvc/cache

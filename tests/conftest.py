@@ -112,6 +112,9 @@ def tiny_bert_dir(tmp_path, offline):
     return model_dir
 
 
+# What `make install` adds to nbstripout's git filter (NB_EXTRA_KEYS in the Makefile)
+NB_EXTRA_KEYS = "metadata.language_info metadata.kernelspec.display_name"
+
 PATH_KEYS = ("out_dir", "root", "out", "data", "exclude", "pretrained", "text_model")
 
 
@@ -148,7 +151,7 @@ def tiny_pipeline(tmp_path_factory) -> TinyPipeline:
     tests read the notebooks it executed (so nothing is trained or executed twice)."""
     work = tmp_path_factory.mktemp("pipeline") / "project"
     work.mkdir()
-    for item in ("tireid_core", "notebooks", "configs", "references", "dvc.yaml"):
+    for item in ("tireid_core", "notebooks", "configs", "references", "dvc.yaml", ".gitignore", ".dvcignore"):
         src = REPO / item
         (shutil.copytree if src.is_dir() else shutil.copy)(src, work / item)
     params = yaml.safe_load((REPO / "params.yaml").read_text())

@@ -6,6 +6,7 @@ import nbformat
 import pytest
 
 from tireid_core.methods import available_methods
+from conftest import NB_EXTRA_KEYS
 from tireid_core.run import execute_notebook
 from tireid_core.runs import RunMissing, load_run
 
@@ -32,8 +33,13 @@ def test_notebooks_are_in_the_form_the_git_filter_writes():
     for name in NOTEBOOKS:
         path = REPO / "notebooks" / f"{name}.ipynb"
         nb = nbformat.read(path, as_version=nbformat.NO_CONVERT)
-        stripped = nbformat.writes(strip_output(nb, keep_output=False, keep_count=False, keep_id=False))
+        stripped = nbformat.writes(strip_output(nb, keep_output=False, keep_count=False, keep_id=False,
+                                                extra_keys=NB_EXTRA_KEYS.split()))
         assert stripped + "\n" == path.read_text(), f"{name}: run `make strip-notebooks` before committing"
+
+
+def test_the_makefile_strips_the_same_metadata():
+    assert f"NB_EXTRA_KEYS := {NB_EXTRA_KEYS}" in (REPO / "Makefile").read_text()
 
 
 def test_the_set_up_installed_the_git_filter():
@@ -46,6 +52,9 @@ def test_the_set_up_installed_the_git_filter():
         pytest.skip("set up without `make install` (e.g. conda): run `nbstripout --install` yourself")
     proc = subprocess.run([sys.executable, "-m", "nbstripout", "--is-installed"], cwd=REPO, capture_output=True)
     assert proc.returncode == 0, "nbstripout is not installed as a git filter: run `make install`"
+    keys = subprocess.run(["git", "config", "--get", "filter.nbstripout.extrakeys"], cwd=REPO, capture_output=True,
+                          text=True).stdout.strip()
+    assert keys == NB_EXTRA_KEYS, "the filter lacks the Makefile's extra keys: run `make install` again"
 
 
 def test_notebooks_train_nothing():
