@@ -1,8 +1,9 @@
 # Two commands from a fresh clone:  `make repro` (install + dvc repro)  and  `make test` (install + tests).
 PYTHON ?= python3.11
 VENV   := .venv
-# notebook metadata that JupyterLab rewrites on every save (the Python version, the kernel's display name): stripped too
-NB_EXTRA_KEYS := metadata.language_info metadata.kernelspec.display_name
+# notebook metadata JupyterLab rewrites on every save (the Python version): stripped too; the committed kernel display
+# name is the one JupyterLab writes, "Python 3 (ipykernel)" (nbformat requires one)
+NB_EXTRA_KEYS := metadata.language_info
 BIN    := $(VENV)/bin
 STAMP  := $(VENV)/.installed
 

@@ -113,7 +113,7 @@ def tiny_bert_dir(tmp_path, offline):
 
 
 # What `make install` adds to nbstripout's git filter (NB_EXTRA_KEYS in the Makefile)
-NB_EXTRA_KEYS = "metadata.language_info metadata.kernelspec.display_name"
+NB_EXTRA_KEYS = "metadata.language_info"
 
 PATH_KEYS = ("out_dir", "root", "out", "data", "exclude", "pretrained", "text_model")
 

@@ -18,6 +18,7 @@ def test_notebooks_are_committed_without_outputs_and_have_parameters():
     assert NOTEBOOKS, "no notebooks found"
     for name in NOTEBOOKS:
         nb = nbformat.read(REPO / "notebooks" / f"{name}.ipynb", as_version=4)
+        nbformat.validate(nb)  # nbconvert refuses an invalid notebook (e.g. a kernelspec without display_name)
         code = [c for c in nb.cells if c.cell_type == "code"]
         assert all(not c.outputs and c.execution_count is None for c in code), f"{name}: outputs committed"
         params = [c for c in code if "parameters" in c.metadata.get("tags", [])]
