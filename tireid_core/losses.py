@@ -196,9 +196,9 @@ def ssan_weak_margins(
     α2_i = α1/2 for every anchor and no gate. From then on α2_i = (λ_i + 1)·α1/2 with λ_i detached:
     "paper" λ_i = S(I_i,D′_i)/S(I_i,D_i) clipped to [0, 1]; "official_abs" λ_i = |S(I_i,D′_i)|/|S(I_i,D_i)|
     clipped at 1, except that a ratio of exactly 1 becomes 2 (α2 = 1.5·α1), as the official code's
-    `(1 ≥ λ)·λ + (λ ≥ 1)` gives. A 0/0 ratio counts as λ = 0 and x/0 as λ = 1 (both NaN in the official code). Returns (α2, anchor_ok): anchor_ok is None
-    unless `weak_gate` > 0 and the adaptive margins are active, then it is α2_i ≥ weak_gate (the official
-    code's 0.16 gate skips anchors with α2_i < 0.16, i.e. λ_i < 0.6).
+    `(1 ≥ λ)·λ + (λ ≥ 1)` gives. A 0/0 ratio counts as λ = 0 and x/0 as λ = 1 (both NaN in the official code).
+    Returns (α2, anchor_ok): anchor_ok is None unless `weak_gate` > 0 and the adaptive margins are active, then it
+    is α2_i ≥ weak_gate (the official code's 0.16 gate skips anchors with α2_i < 0.16, i.e. λ_i < 0.6).
     """
     if lambda_mode not in _CR_OPTIONS["lambda_mode"]:
         raise ValueError(f"lambda_mode must be one of {_CR_OPTIONS['lambda_mode']}, got {lambda_mode!r}")

@@ -61,7 +61,7 @@ class FinishedRun:
         ci = self.summary.get("best", {}).get("test_ci95")
         if ci is None:  # metrics.json written before intervals were added: recompute them from the per-query file
             return bootstrap_ci95(self.per_query())
-        return {k: [v["low"], v["high"]] if isinstance(v, dict) else list(v) for k, v in ci.items()}
+        return {k: [v["low"], v["high"]] for k, v in ci.items()}
 
     def features(self) -> tuple[dict, dict]:
         """(gallery, queries) feature dicts of the selected model on test."""

@@ -119,19 +119,18 @@ class Tokenizer:
             if not isinstance(caption, str):
                 raise TypeError(f"sub-sentences need raw caption strings, got {type(caption).__name__}")
             for piece in official_sub_sentences(caption, n_sep):
-                rows.append(self.encode(piece)[:max_len] if piece is not None else [self.cls_id, self.pad_id, self.sep_id])
+                rows.append(self.encode(piece) if piece is not None else [self.cls_id, self.pad_id, self.sep_id])
+        return self._padded(rows, max_len)
+
+    def encode_batch(self, captions: Sequence, max_len: int) -> tuple[torch.Tensor, torch.Tensor]:
+        return self._padded([self.encode(caption) for caption in captions], max_len)
+
+    def _padded(self, rows: list[list[int]], max_len: int) -> tuple[torch.Tensor, torch.Tensor]:
+        """(ids, mask) of id lists, each cut at `max_len` and right-padded with `pad_id`."""
         ids = torch.full((len(rows), max_len), self.pad_id, dtype=torch.long)
         mask = torch.zeros((len(rows), max_len), dtype=torch.bool)
         for row, tokens in enumerate(rows):
-            ids[row, : len(tokens)] = torch.tensor(tokens, dtype=torch.long)
-            mask[row, : len(tokens)] = True
-        return ids, mask
-
-    def encode_batch(self, captions: Sequence, max_len: int) -> tuple[torch.Tensor, torch.Tensor]:
-        ids = torch.full((len(captions), max_len), self.pad_id, dtype=torch.long)
-        mask = torch.zeros((len(captions), max_len), dtype=torch.bool)
-        for row, caption in enumerate(captions):
-            tokens = self.encode(caption)[:max_len]
+            tokens = tokens[:max_len]
             ids[row, : len(tokens)] = torch.tensor(tokens, dtype=torch.long)
             mask[row, : len(tokens)] = True
         return ids, mask
