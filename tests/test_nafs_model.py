@@ -22,6 +22,7 @@ from tireid_core.models.nafs import (
     stripe_sizes,
 )
 from tireid_core.models.backbones import create_backbone
+from tireid_core.models.nafs_scoring import rvn_rerank, visual_similarity
 from tireid_core.models.text_encoders import TransformerTextEncoder
 from tireid_core.params import ParamsError, load_run_params
 
@@ -190,7 +191,8 @@ def test_forward_similarities_and_batch_of_one(sets):
                                                                "value": (4, u, d), "unit_mask": (4, u)}
         assert txt["unit_mask"].dtype == torch.bool
         sims = model.similarities(img, txt)
-        assert set(sims) == {"final", "global", "local", "rvn"}
+        assert set(sims) == {"final", "global", "local"}  # re-ranking is a test-time step (model.rerank)
+        assert set(model.rerank(sims, img)) == {"final", "global", "local", "rvn"}
         assert sims["final"].shape == (4, 4)
         torch.testing.assert_close(sims["final"], sims["global"] + sims["local"])
         # the contract's encoders give the same local scores as the model's own feature functions
@@ -211,7 +213,8 @@ def test_global_only_has_no_local_units_and_no_cont_term():
         img, txt = model.encode_images(b["image"]), model.encode_texts({"ids": b["ids"], "mask": b["mask"]})
         assert set(img) == set(txt) == {"global"}
         sims = model.similarities(img, txt)
-    assert set(sims) == {"final", "rvn"}
+    assert set(sims) == {"final"}
+    assert set(model.rerank(sims, img)) == {"final", "rvn"}
     assert model.image_unit_slices() == {"whole": slice(0, 1), "branch_2": slice(1, 1), "branch_3": slice(1, 1)}
 
 
@@ -507,3 +510,34 @@ def test_stripe_shuffle_draws_from_its_own_stream():
         orders.append([p.tolist() for _ in range(5) for p in model.image_net.draw_perms("cpu")])
     assert orders[0] == orders[1]
     assert len({str(o) for o in orders[0][::2]}) > 1  # and it does shuffle
+
+
+def test_rerank_uses_the_current_settings_and_nothing_else():
+    """RVN = final re-ranked by visual neighbours with nafs.rvn_*; off leaves the scores as they are."""
+    model, _ = make("nafs.nafs.rvn_k=2", "nafs.nafs.rvn_weight=0.5")
+    model.eval()
+    b = batch()
+    with torch.no_grad():
+        img, txt = model.encode_images(b["image"]), model.encode_texts(text_input(b))
+        sims = model.similarities(img, txt)
+        out = model.rerank(sims, img)
+    expected = rvn_rerank(sims["final"], visual_similarity(img["global"]), k=2, weight=0.5, mode="intended")
+    torch.testing.assert_close(out["rvn"], expected)
+    assert out["final"] is sims["final"]
+    off, _ = make("nafs.nafs.rvn_mode='off'")
+    assert off.rerank(sims, img) == sims
+
+
+def test_training_stage_does_not_depend_on_test_time_settings():
+    """Changing nafs.rvn_* must re-score (notebook stages), never retrain: the train stage lists every other key."""
+    import yaml
+
+    from tireid_core.methods import get_method
+
+    stage = yaml.safe_load((REPO / "dvc.yaml").read_text())["stages"]["train_nafs"]["do"]
+    listed = set(stage["params"])
+    assert not any(k.startswith("nafs.nafs.rvn") for k in listed)
+    assert {"nafs.data", "nafs.model", "nafs.train", "nafs.eval", "nafs.nafs.scales", "nafs.nafs.cmpc"} <= listed
+    assert set(get_method("nafs").test_time) == {"nafs.rvn_mode", "nafs.rvn_k", "nafs.rvn_weight"}
+    for name in ("nafs", "nafs_analysis"):  # the notebooks that re-score do read them
+        assert "nafs" in yaml.safe_load((REPO / "dvc.yaml").read_text())["stages"][name]["params"]

@@ -103,3 +103,9 @@ def test_set_mistakes_are_named(item, message):
 def test_set_accepts_plain_scientific_notation():
     p = load_run_params("baseline", params_file=REPO / "params.yaml", sets=["baseline.train.lr=1e-3"])
     assert p.train.lr == 0.001
+
+
+def test_unquoted_off_is_explained():
+    """YAML 1.1 reads `off` as False: the error says to quote it instead of only listing the choices."""
+    with pytest.raises(ParamsError, match="in quotes"):
+        load_run_params("nafs", params_file=REPO / "params.yaml", sets=["nafs.nafs.rvn_mode=off"])

@@ -133,12 +133,13 @@ def _flat(d: dict, prefix: str = "") -> dict:
     return out
 
 
-def _check_resume(saved: dict | None, params: RunParams, path) -> None:
-    """Refuse to resume with parameters that change the result; more epochs are allowed."""
+def _check_resume(saved: dict | None, params: RunParams, path, test_time: tuple[str, ...] = ()) -> None:
+    """Refuse to resume with parameters that change the result; more epochs and test-time settings are allowed."""
     if saved is None:
         return
     old, new = _flat(saved), _flat(to_dict(params))
-    changed = [k for k in sorted(set(old) | set(new)) if k not in _RESUME_FREE and old.get(k) != new.get(k)
+    free = _RESUME_FREE | set(test_time)
+    changed = [k for k in sorted(set(old) | set(new)) if k not in free and old.get(k) != new.get(k)
                and not (k == "train.epochs" and new[k] >= old[k])]
     if changed:
         diffs = "; ".join(f"{params.method}.{k}: {old.get(k)!r} in the checkpoint, {new.get(k)!r} now" for k in changed)
@@ -186,7 +187,7 @@ def fit(exp: Experiment, resume: bool = False, on_epoch_end: Callable[[int, dict
     last_ckpt = ckpt_dir / "last.pt"
     if resume and last_ckpt.exists():
         state = load_checkpoint(last_ckpt)
-        _check_resume(state.get("params"), params, last_ckpt)
+        _check_resume(state.get("params"), params, last_ckpt, exp.method.test_time)
         load_model_state(model, state, last_ckpt)
         optimizer.load_state_dict(state["optimizer"])
         scheduler.load_state_dict(state["scheduler"])

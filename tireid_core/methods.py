@@ -34,6 +34,8 @@ class RetrievalModel(Protocol):
     - ``forward(batch)`` returns named, already weighted loss terms and their sum ``"loss"``; the weights come from the
       method's own parameters. Batch-level losses must see the whole global batch under DDP
       (`tireid_core.distributed.gather_with_grad`).
+    - ``rerank(scores, gallery_feats)`` adds the test-time score matrices (a re-ranking that reads settings named in
+      ``Method.test_time``) when a finished run is re-scored; training and its evaluation never call it.
     - ``start_epoch(epoch)`` is called before every training epoch (schedules inside a loss).
     - ``param_groups(params)`` gives the optimiser's parameter groups.
     """
@@ -43,6 +45,8 @@ class RetrievalModel(Protocol):
     def similarities(self, gallery_feats: Features, query_feats: Features) -> dict[str, torch.Tensor]: ...
 
     def forward(self, batch: dict) -> dict[str, torch.Tensor]: ...
+
+    def rerank(self, scores: dict[str, torch.Tensor], gallery_feats: Features) -> dict[str, torch.Tensor]: ...
 
     def start_epoch(self, epoch: int) -> None: ...
 
@@ -60,13 +64,17 @@ class TextNeeds:
 
 
 class MethodModel(nn.Module):
-    """Defaults of the contract: no epoch schedule, pretrained encoders at ``lr · backbone_lr_mult``."""
+    """Defaults of the contract: no epoch schedule, no re-ranking, pretrained encoders at ``lr · backbone_lr_mult``."""
 
     text_needs = TextNeeds()
     epoch = 0
 
     def start_epoch(self, epoch: int) -> None:
         self.epoch = epoch
+
+    def rerank(self, scores: dict[str, torch.Tensor], gallery_feats: Features) -> dict[str, torch.Tensor]:
+        """No test-time re-scoring by default."""
+        return scores
 
     def param_groups(self, params) -> list[dict]:
         """Pretrained parts (a ``backbone`` or a pretrained BERT ``text_encoder``) can train at a smaller lr."""
@@ -91,13 +99,15 @@ class Method:
     """One registered method: its name (= its `params.yaml` section), parameter class, model class and task.
 
     ``model(params, vocab_size, num_classes, tokenizer)`` builds the network; ``task`` is ``"text_image"`` or
-    ``"image_reid"``.
+    ``"image_reid"``. ``test_time`` names the dotted keys of the method's section that only change how a finished run
+    is re-scored (NAFS's re-ranking): training never reads them, so its DVC stage does not depend on them.
     """
 
     name: str
     params: type
     model: type
     task: str = "text_image"
+    test_time: tuple[str, ...] = ()
 
 
 def get_method(name: str, package: str = "tireid_core.models") -> Method:

@@ -155,8 +155,10 @@ def _check_value(value: Any, annotation: Any, key: str) -> Any:
     """Check `value` against a type annotation; return it (ints accepted for floats)."""
     origin = typing.get_origin(annotation)
     if origin is Literal:
-        if value not in typing.get_args(annotation):
-            raise ParamsError(f"{key}: {value!r} is not one of {list(typing.get_args(annotation))}")
+        if value not in typing.get_args(annotation) or isinstance(value, bool):
+            hint = (" (YAML reads an unquoted off/on/yes/no as a boolean: write it in quotes, e.g. 'off')"
+                    if isinstance(value, bool) else "")
+            raise ParamsError(f"{key}: {value!r} is not one of {list(typing.get_args(annotation))}{hint}")
         return value
     if origin in (typing.Union, types.UnionType):
         for option in typing.get_args(annotation):

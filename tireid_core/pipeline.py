@@ -161,7 +161,7 @@ def build_stages(root: Path = REPO) -> dict:
                 "deps": [data_dir, *weights, *code_deps({"tireid_core.train", "tireid_core.engine",
                                                           "tireid_core.experiment", f"tireid_core.models.{method}"},
                                                          root=root)],
-                "params": [method, f"{method}_rows.${{key}}"],
+                "params": [*_training_params(method, params_file), f"{method}_rows.${{key}}"],
                 "outs": [f"{row_dir}/{o}" for o in RUN_OUTPUTS],
                 # cached (not git-tracked: runs/ is ignored), so `dvc exp show` reads each experiment's metrics
                 "metrics": [f"{row_dir}/metrics.json"],
@@ -182,6 +182,27 @@ def build_stages(root: Path = REPO) -> dict:
             "template": "linear", "x": "step", "title": f"{method}: val R@1 per epoch, every row",
             "y": {f"{d}/dvclive/plots/metrics/val/R@1.tsv": "R@1" for d in run_dirs.values()}}})
     return {"stages": stages, "plots": plots}
+
+
+def _training_params(method: str, params_file: Path) -> list[str]:
+    """The params a training stage depends on: the method's whole section, less its test-time keys (`Method.test_time`),
+    which only re-score a finished run. Sub-sections holding a test-time key are listed key by key."""
+    from tireid_core.methods import get_method
+    from tireid_core.params import load_section
+
+    test_time = set(get_method(method).test_time)
+    if not test_time:
+        return [method]
+
+    def expand(prefix: str, node) -> list[str]:
+        if not any(k == prefix or k.startswith(prefix + ".") for k in test_time):
+            return [f"{method}.{prefix}"]
+        if not isinstance(node, dict):
+            return []
+        return [key for name, value in node.items() for key in expand(f"{prefix}.{name}", value)]
+
+    section = load_section(method, params_file)
+    return [key for name, value in section.items() for key in expand(name, value)]
 
 
 def _stand_ins_used(params, stand_ins: dict[str, str], root: Path) -> list[str]:

@@ -67,6 +67,23 @@ class FinishedRun:
         """(gallery, queries) feature dicts of the selected model on test."""
         return load_features(self.run_dir / "features_test.pt")
 
+    def test_scores(self, model) -> dict:
+        """Every named test score matrix of the selected model, recomputed from its saved features, with the test-time
+        ones (`model.rerank`, e.g. NAFS's RVN) under the current parameters: changing those re-scores, never retrains."""
+        import torch
+
+        gallery, queries = self.features()
+        with torch.no_grad():
+            return model.rerank(model.similarities(gallery, queries), gallery)
+
+    def rescored_table(self, exp) -> pd.DataFrame:
+        """Headline test metrics of every score matrix of `test_scores` (the training run's own ones are identical to
+        `per_score_table`, which reads them from its eval records)."""
+        from tireid_core.evaluation import score_metrics
+
+        metrics = score_metrics(exp, exp.test_set, self.test_scores(exp.model))
+        return pd.DataFrame({name: summary(m) for name, m in metrics.items()}).T
+
     def experiment(self, load_best: bool = True):
         """Dataset, tokenizer and model of this run, with the selected checkpoint loaded, in eval mode."""
         from tireid_core.experiment import build_experiment

@@ -428,17 +428,24 @@ class NAFS(MethodModel):
                                   text.get("sub_mask"))
 
     def similarities(self, image_feats: torch.Tensor, text_feats: torch.Tensor) -> dict[str, torch.Tensor]:
-        """"final" = S_glob + S_loc (docs/nafs.md §5), then "global", "local" alone and "rvn" = final re-ranked."""
+        """"final" = S_glob + S_loc (docs/nafs.md §5), then "global", "local" alone. Re-ranking is a test-time step
+        (`rerank`): the training run never reads the `nafs.rvn_*` settings, so changing them retrains nothing."""
         img, txt = image_feats, text_feats
         s_glob = cosine_similarity(txt["global"], img["global"])
         out = {"final": s_glob}
         if self.local:
             s_loc = self.local_scores(txt, img)
             out = {"final": s_glob + s_loc, "global": s_glob, "local": s_loc}
-        if self.n.rvn_mode != "off":
-            out["rvn"] = rvn_rerank(out["final"], visual_similarity(img["global"]), k=self.n.rvn_k,
-                                    weight=self.n.rvn_weight, mode=self.n.rvn_mode)
         return out
+
+    def rerank(self, scores: dict[str, torch.Tensor], image_feats: dict) -> dict[str, torch.Tensor]:
+        """`scores` plus "rvn" = "final" re-ranked by visual neighbours with the current `nafs.rvn_*` settings
+        (docs/nafs.md §5); unchanged when `rvn_mode` is off. RVN reads the gallery's own image-image similarities (a
+        transductive step), so it is scored from a finished run's test features, not inside training."""
+        if self.n.rvn_mode == "off":
+            return dict(scores)
+        return {**scores, "rvn": rvn_rerank(scores["final"], visual_similarity(image_feats["global"]), k=self.n.rvn_k,
+                                            weight=self.n.rvn_weight, mode=self.n.rvn_mode)}
 
     # ------------------------------------------------------------------ training
     def start_epoch(self, epoch: int) -> None:
@@ -509,4 +516,6 @@ def cnl_attention(model: NAFS, text_feats: dict, image_feats: dict, text: int = 
     return out
 
 
-METHOD = Method("nafs", params=NAFSRunParams, model=NAFS)
+# Test-time settings: read only when a finished run is re-scored (`NAFS.rerank`), so the training stage ignores them.
+METHOD = Method("nafs", params=NAFSRunParams, model=NAFS,
+                test_time=("nafs.rvn_mode", "nafs.rvn_k", "nafs.rvn_weight"))
