@@ -98,6 +98,8 @@ class TrainParams:
     schedule: Literal["cosine", "step", "constant", "epoch_multistep"] = "cosine"
     milestones: list[int] = field(default_factory=list)  # for schedule=step / epoch_multistep
     warmup_factor: float = 0.01  # for schedule=epoch_multistep
+    warmup_shape: Literal["linear", "exponential"] = "linear"  # epoch_multistep: linear from warmup_factor (NAFS), or
+    # the same factor every epoch from warmup_factor to 1 (SAN's warm-up: x1.259 per epoch for 20 epochs)
     gamma: float = 0.1
     grad_clip: float = 0.0  # 0 = off
     freeze_bn: bool = False  # BatchNorm layers kept in eval mode (exact DDP parity, fine-tuning)
