@@ -322,6 +322,32 @@ def make_duke(tmp, variant="clean", layout: str = "torchreid") -> Path:
     return Path(tmp)
 
 
+CUHK03_NP_FILES = {  # <pid>_c<view>_<index>.png, views 1 and 2 of one camera pair
+    "bounding_box_train": ["0001_c1_1", "0001_c1_2", "0001_c2_6", "0003_c1_1", "0003_c2_7"],
+    "query": ["0005_c1_2", "0005_c2_8", "0010_c1_1"],
+    "bounding_box_test": ["0005_c1_1", "0005_c2_6", "0005_c2_9", "0010_c2_7", "0012_c1_3"],
+}
+CUHK03_NP_LAYOUTS = {"distributed": "cuhk03-np/{images}", "plain": "{images}"}
+CUHK03_NP_VARIANTS = ("bad_camera", "junk", "overlapping_ids")
+
+
+def make_cuhk03_np(tmp, variant="clean", layout: str = "distributed", images: str = "labeled") -> Path:
+    """CUHK03-NP in the Market-style folders of its distribution (cameras 1..2, PNG); returns the root the loader
+    takes. Both image kinds can live under one root (cuhk03-np/labeled, cuhk03-np/detected)."""
+    v = _variants(variant)
+    assert not v - set(CUHK03_NP_VARIANTS), f"unknown CUHK03-NP variant(s) {v - set(CUHK03_NP_VARIANTS)}"
+    ddir = Path(tmp) / CUHK03_NP_LAYOUTS[layout].format(images=images)
+    files = {k: list(x) for k, x in CUHK03_NP_FILES.items()}
+    if "bad_camera" in v:
+        files["bounding_box_test"].append("0005_c3_4")
+    if "junk" in v:
+        files["bounding_box_test"].append("-1_c1_2")
+    if "overlapping_ids" in v:
+        files["query"].append("0003_c1_5")
+    _write_reid_tree(ddir, files, ".png")
+    return Path(tmp)
+
+
 # -------------------------------------------------------------------------------------- SimPEDES
 
 def make_simpedes(tmp, variant="clean", meta: bool = True) -> Path:

@@ -164,24 +164,37 @@ class TrainStep:
 
     def _routed_step(self, batch: dict, epoch: int, step: int) -> dict[str, torch.Tensor]:
         """One gradient per route, each from `torch.autograd.grad` on the route's loss term, averaged over DDP ranks by
-        hand (the forward runs under DDP's no_sync: DDP's reducer only serves one backward pass per forward) and
-        applied by the route's optimisers. Returns the terms of the step's first forward pass (the logged ones)."""
+        hand (the forward runs under DDP's no_sync: DDP's reducer serves one backward pass per forward) and applied by
+        the route's optimisers. Every gradient of one forward pass is computed before any optimiser steps: an update
+        in place would otherwise leak into the next backward through the retained graph (SAN's official in-place bug;
+        fused Adam does not even bump the version counters that would catch it). Returns the terms of the step's first
+        forward pass (the logged ones)."""
         no_sync = self.module.no_sync() if isinstance(self.module, nn.parallel.DistributedDataParallel) else nullcontext()
         with no_sync:
             terms = logged = self._forward(batch, epoch, step)
+            pending = []  # (optimisers, parameters, gradients) of the current forward pass
             for i, route in enumerate(self.routes):
                 if route.reforward and i > 0:
-                    terms = self._forward(batch, epoch, step)
+                    self._apply_all(pending)
+                    pending, terms = [], self._forward(batch, epoch, step)
                 optimizers = [self.optimizers[name] for name in route.optimizers]
                 params = [p for opt in optimizers for group in opt.param_groups for p in group["params"]]
                 graph_used_later = i + 1 < len(self.routes) and not self.routes[i + 1].reforward
                 grads = torch.autograd.grad(self.scaler.scale(terms[route.loss]), params,
                                             retain_graph=graph_used_later, allow_unused=True)
                 dist.average_gradients(grads)
-                for p, g in zip(params, grads):
-                    p.grad = g
-                self._apply(optimizers, params)
+                pending.append((optimizers, params, grads))
+            self._apply_all(pending)
         return logged
+
+    def _apply_all(self, pending: list) -> None:
+        for optimizers, params, grads in pending:
+            for p, g in zip(params, grads):
+                # the parameter's own memory layout, as backward's AccumulateGrad guarantees: fused Adam reads the
+                # gradient and the parameter as flat arrays (a channels_last gradient of a contiguous weight would
+                # be read permuted)
+                p.grad = g if g is None or g.stride() == p.stride() else torch.empty_like(p).copy_(g)
+            self._apply(optimizers, params)
 
 
 # Keys a resumed run may change: where files are and how fast evaluation runs, not what is trained.
