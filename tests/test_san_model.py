@@ -264,3 +264,44 @@ def test_a_resumed_san_run_matches_the_uninterrupted_one(tiny_params, tmp_path):
     resumed = fit(build_experiment(params), resume=True)
     assert resumed["summary"] == full["summary"]
     assert [h["train/loss"] for h in resumed["history"]] == [h["train/loss"] for h in full["history"]]
+
+
+# ------------------------------------------------------------------------------------ analysis helpers
+
+
+def test_view_invariance_by_hand():
+    from tireid_core.models.san import view_invariance
+
+    # id 1: front at 0, back at 1; id 2: front at 10 and 10.2, back at 10.5
+    feats = torch.tensor([[0.0], [1.0], [10.0], [10.5], [10.2]])
+    out = view_invariance(feats, [1, 1, 2, 2, 2], ["front", "back", "front", "back", "front"])
+    different = (10 + 10.5 + 10.2 + 9 + 9.5 + 9.2) / 6
+    assert out["front_back"] == pytest.approx((1 + 0.5 + 0.3) / 3, abs=1e-5)
+    assert out["same_view"] == pytest.approx(0.2, abs=1e-5)
+    assert out["different_ids"] == pytest.approx(different, abs=1e-5)
+    assert out["front_back_ratio"] == pytest.approx(0.6 / different, abs=1e-6)
+    assert out["per_identity"] == pytest.approx({1: 1 / different, 2: 0.4 / different}, abs=1e-6)
+
+
+def test_texture_errors_score_visible_and_invisible_texels_against_the_atlas(tmp_path):
+    from tireid_core.data.simpedes import region_masks
+    from tireid_core.models.san import load_atlas, per_image_invisible_error, texture_errors, visible_invisible_summary
+
+    _write_png(tmp_path / "textures" / "0001.png", np.full((72, 64, 3), 100))
+    entry = {"view": "front", "facing": None, "person_box": [3, 0, 93, 32], "occlusion_box": None}
+    meta = {"params": {"height": 96, "width": 32},
+            "identities": [{"id": 1, "attributes": {"build": "average", "bag_type": "none", "lower_type": "trousers"}}]}
+    image = ReIDImage(tmp_path / "market" / "query" / "0001_c1s1_000025_00.png", 1, 0)
+    atlas = load_atlas(tmp_path, 1)
+    guess = atlas.clone()
+    back = torch.from_numpy(region_masks()["torso_back"])
+    guess[:, back] += 0.2  # wrong by 0.2 of [-1, 1] = 10 % of the range, on a region a front image does not show
+    errors = texture_errors(torch.stack([guess]), [(image, entry)], meta, tmp_path, reference=atlas)
+    by_region = visible_invisible_summary(errors, by="region")
+    assert by_region.loc["torso_back", "invisible_error"] == pytest.approx(10.0, abs=1e-4)
+    assert by_region.loc["torso_back", "visible_texels"] == 0
+    assert by_region.loc["torso_front", "visible_error"] == pytest.approx(0.0)
+    assert by_region.loc["torso_front", "visible_reference_error"] == 0.0  # the reference is the atlas itself
+    overall = visible_invisible_summary(errors)
+    assert 0 < overall["invisible_error"].item() < 10 and overall["visible_error"].item() == pytest.approx(0.0)
+    assert per_image_invisible_error(errors) == pytest.approx({image.path.name: overall["invisible_error"].item()})

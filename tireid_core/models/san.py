@@ -370,3 +370,123 @@ class SAN(MethodModel):
 
 
 METHOD = Method("san", params=SANRunParams, model=SAN, task="image_reid")
+
+
+# ---------------------------------------------------------------------------------------------- analysis helpers
+# (used by the notebooks: texture regression scored against SimPEDES' exact atlases, view invariance of f)
+
+
+def simpedes_test_images(evalset, meta: dict, root: Path) -> list[tuple[ReIDImage, dict]]:
+    """(image, its meta.json entry) for every test query and gallery image of a SimPEDES split identity (the
+    distractor and junk extras have no atlas file), queries first."""
+    by_path = {Path(root) / im["market_path"]: im for im in meta["images"] if im.get("market_path")}
+    return [(im, by_path[im.path]) for im in (*evalset.query, *evalset.gallery) if im.path in by_path]
+
+
+def load_atlas(root: Path, pid: int) -> torch.Tensor:
+    """SimPEDES' atlas of identity `pid` as 3 × H × W in [−1, 1] (the exact texture target)."""
+    return (torch.from_numpy(np.array(read_image(Path(root) / "textures" / f"{pid:04d}.png"))).permute(2, 0, 1)
+            .float() / 127.5 - 1)
+
+
+@torch.no_grad()
+def predict_textures(model: SAN, load_image, paths: list[Path], batch_size: int = 64) -> torch.Tensor:
+    """The textures the trained decoder regresses from test images (N × 3 × H × W, eval mode)."""
+    was_training = model.training
+    model.eval()
+    device = next(model.parameters()).device
+    out = []
+    for start in range(0, len(paths), batch_size):
+        images = torch.stack([load_image(p) for p in paths[start:start + batch_size]]).to(device)
+        out.append(model.decode(images)[0].float().cpu())
+    model.train(was_training)
+    return torch.cat(out)
+
+
+def texture_errors(textures: torch.Tensor, images: list[tuple[ReIDImage, dict]], meta: dict, root: Path,
+                   reference: torch.Tensor | None = None):
+    """One row per (test image, atlas region): the mean absolute error of `textures` (as `predict_textures` returns
+    them, one per image) against the image's exact atlas, in % of the intensity range, separately over the region's
+    texels the input image shows ("visible") and those it does not ("invisible": e.g. the back seen from the
+    front), with the texel counts. `reference` (3 × H × W, e.g. the mean training atlas) is scored the same way: a
+    predictor that ignores the input."""
+    import pandas as pd
+
+    from tireid_core.data.simpedes import REGION_PART, region_masks, visible_texels
+
+    attrs = {ident["id"]: ident["attributes"] for ident in meta["identities"]}
+    h, w = meta["params"]["height"], meta["params"]["width"]
+    masks = {name: torch.from_numpy(m) for name, m in region_masks().items()}
+    rows = []
+    for texture, (im, entry) in zip(textures, images):
+        atlas = load_atlas(root, im.pid)
+        if texture.shape != atlas.shape:
+            raise ValueError(f"texture {tuple(texture.shape)} vs atlas {tuple(atlas.shape)}: the run's "
+                             "san.texture_size must be the atlas size to be scored texel by texel")
+        err = (texture - atlas).abs().mean(0) * 50  # [-1, 1] -> % of the intensity range
+        ref = (reference - atlas).abs().mean(0) * 50 if reference is not None else None
+        shown = torch.from_numpy(visible_texels(entry, attrs[im.pid], h, w))
+        for region, mask in masks.items():
+            row = {"image": im.path.name, "pid": im.pid, "view": entry["view"], "region": region,
+                   "part": REGION_PART[region]}
+            for name, sel in (("visible", mask & shown), ("invisible", mask & ~shown)):
+                n = int(sel.sum())
+                row[f"{name}_texels"] = n
+                row[f"{name}_error"] = float(err[sel].mean()) if n else float("nan")
+                if ref is not None:
+                    row[f"{name}_reference_error"] = float(ref[sel].mean()) if n else float("nan")
+            rows.append(row)
+    return pd.DataFrame(rows)
+
+
+def visible_invisible_summary(errors, by: str | None = None):
+    """Texel-weighted mean errors on visible and invisible texels (`texture_errors` rows), overall or per `by`."""
+    import pandas as pd
+
+    def weighted(df):
+        out = {}
+        for name in ("visible", "invisible"):
+            n = df[f"{name}_texels"]
+            for col in (f"{name}_error", f"{name}_reference_error"):
+                if col in df:
+                    out[col] = float((df[col].fillna(0) * n).sum() / max(int(n.sum()), 1))
+            out[f"{name}_texels"] = int(n.sum())
+        return pd.Series(out)
+
+    if by is None:
+        return weighted(errors).to_frame("all test images").T
+    return errors.groupby(by).apply(weighted)
+
+
+def per_image_invisible_error(errors) -> dict[str, float]:
+    """{image: texel-weighted error on its invisible texels} (for paired comparisons over test images)."""
+    out = {}
+    for image, df in errors.groupby("image", sort=False):
+        n = df["invisible_texels"]
+        if int(n.sum()):
+            out[image] = float((df["invisible_error"].fillna(0) * n).sum() / int(n.sum()))
+    return out
+
+
+def view_invariance(feats: torch.Tensor, pids: list[int], views: list[str]) -> dict:
+    """How far f of one person's front image lies from f of their back image, relative to other people.
+
+    Returns the mean Euclidean distance of same-identity front–back pairs, same-identity same-view pairs and
+    different-identity pairs, their ratios to the different-identity mean, and per identity (with both a front and a
+    back image) its front–back distance over the different-identity mean (`per_identity`, for paired comparisons):
+    lower = more view-invariant. Scale-free, so models with different feature norms compare."""
+    d = torch.cdist(feats.float(), feats.float())
+    p = torch.tensor(pids)
+    v = list(views)
+    same = p[:, None] == p[None, :]
+    off = ~torch.eye(len(p), dtype=torch.bool)
+    fb = torch.tensor([[{a, b} == {"front", "back"} for b in v] for a in v])
+    sv = torch.tensor([[a == b for b in v] for a in v])
+    different = float(d[~same].mean())
+    front_back = float(d[same & fb].mean())
+    same_view = float(d[same & sv & off].mean())
+    per_identity = {int(pid): float(d[(p == pid)[:, None] & (p == pid)[None, :] & fb].mean()) / different
+                    for pid in sorted(set(pids)) if bool(((p == pid)[:, None] & (p == pid)[None, :] & fb).any())}
+    return {"front_back": front_back, "same_view": same_view, "different_ids": different,
+            "front_back_ratio": front_back / different, "same_view_ratio": same_view / different,
+            "per_identity": per_identity}
