@@ -11,7 +11,7 @@ Euclidean distance between the f of two images.
 Training (docs/san.md §4): one forward pass, then two gradients of it, each applied by its own optimisers
 (`san.texture_update=same_forward`): the ReID gradient (L_ID + L_triplet) by the AMSGrad ReID optimiser, the texture
 gradient (L_Rec + L_TR) by two texture optimisers (encoder; decoder) with their own lr and betas. The engine runs this
-through `gradient_routes`; `reforward` and `joint` are the alternatives of docs/san.md §7 item 1.
+through `gradient_routes`; `reforward` and `joint` are the alternatives of docs/san.md §4.1.
 
 Texture targets (`san.pg_source`): SimPEDES renders every image from a per-identity atlas, so there the target is
 exact ground truth (`synthetic_atlas`); on real data the authors' released pseudo-textures (`released`).
@@ -29,7 +29,7 @@ import torch.nn.functional as F
 
 from tireid_core.data.datasets import read_image
 from tireid_core.data.records import DatasetError, ReIDImage
-from tireid_core.data.transforms import IMAGENET_MEAN, IMAGENET_STD
+from tireid_core.data.transforms import normalization_stats
 from tireid_core.distributed import gather_with_grad
 from tireid_core.losses import (batch_hard_map_triplets, batch_hard_triplet_loss, decoder_triplet_loss,
                                 official_ltr_triplets, smoothed_id_loss, texture_l1_loss)
@@ -83,9 +83,8 @@ class SANRunParams(RunParams):
         k = f"{key}.san"
         if s.pg_source in NOT_IMPLEMENTED_SOURCES:
             raise ParamsError(f"{k}.pg_source: {s.pg_source!r} is not implemented: {NOT_IMPLEMENTED_SOURCES[s.pg_source]}")
-        for name in ("fc_dim",):
-            if getattr(s, name) <= 0:
-                raise ParamsError(f"{k}.{name}: must be positive, got {getattr(s, name)!r}")
+        if s.fc_dim <= 0:
+            raise ParamsError(f"{k}.fc_dim: must be positive, got {s.fc_dim!r}")
         if len(s.decoder_widths) != DECODER_LEVELS + 1 or min(s.decoder_widths) <= 0:
             raise ParamsError(f"{k}.decoder_widths: five positive widths (reduce, fd1..fd4), got {s.decoder_widths}")
         if s.decoder and self.model.last_stride != 1:
@@ -248,7 +247,7 @@ class SAN(MethodModel):
         self.s = s
         self.pretrained = bool(m.pretrained)
         self.texture_size = tuple(s.texture_size)
-        mean, std = ((0.5,) * 3, (0.5,) * 3) if params.data.normalize == "half" else (IMAGENET_MEAN, IMAGENET_STD)
+        mean, std = normalization_stats(params.data.normalize)  # to undo the input normalisation (input_texture)
         self.register_buffer("pixel_mean", torch.tensor(mean).view(1, 3, 1, 1), persistent=False)
         self.register_buffer("pixel_std", torch.tensor(std).view(1, 3, 1, 1), persistent=False)
         widths = tuple(m.backbone_widths) if m.backbone_widths else None
@@ -267,7 +266,7 @@ class SAN(MethodModel):
         nn.init.zeros_(self.classifier.bias)
         self.decoder = (SADecoder(channels, self.backbone.strides, s.decoder_widths, self.texture_size) if s.decoder
                         else None)
-        self._params = params
+        self._params = params  # where the texture targets are (train_targets)
 
     # ------------------------------------------------------------------ features and retrieval
     def embed(self, fe4: torch.Tensor) -> torch.Tensor:
