@@ -261,7 +261,6 @@ DUKE_FILES = {
     "bounding_box_test": ["0005_c6_f0171893", "0005_c1_f0170500", "0008_c2_f0001200", "0019_c3_f0000100"],
 }
 DUKE_LAYOUTS = {"torchreid": "dukemtmc-reid/DukeMTMC-reID", "plain": "DukeMTMC-reID", "self": ""}
-DUKE_VARIANTS = ("bad_camera", "junk", "overlapping_ids")
 
 
 def _write_reid_tree(ddir: Path, files: dict[str, list[str]], ext: str) -> None:
@@ -306,20 +305,43 @@ def make_market(tmp, variant="clean", layout: str = "torchreid", ext: str = ".jp
     return Path(tmp)
 
 
+def _reid_fixture(tmp, ddir: str, files: dict, planted: dict, variant, ext: str, name: str) -> Path:
+    """A Market-style tree with the files of `files`, plus one planted file (folder, stem) per named variant."""
+    v = _variants(variant)
+    assert not v - set(planted), f"unknown {name} variant(s) {v - set(planted)}"
+    files = {k: list(x) for k, x in files.items()}
+    for variant_name in sorted(v):
+        folder, stem = planted[variant_name]
+        files[folder].append(stem)
+    _write_reid_tree(Path(tmp) / ddir, files, ext)
+    return Path(tmp)
+
+
+DUKE_PLANTED = {"bad_camera": ("bounding_box_test", "0005_c9_f0170600"),
+                "junk": ("bounding_box_test", "-1_c1_f0000001"),
+                "overlapping_ids": ("query", "0001_c3_f0000100")}
+
+
 def make_duke(tmp, variant="clean", layout: str = "torchreid") -> Path:
     """DukeMTMC-reID in one of the accepted layouts; cameras 1..8; returns the root the loader takes."""
-    v = _variants(variant)
-    assert not v - set(DUKE_VARIANTS), f"unknown Duke variant(s) {v - set(DUKE_VARIANTS)}"
-    ddir = Path(tmp) / DUKE_LAYOUTS[layout]
-    files = {k: list(x) for k, x in DUKE_FILES.items()}
-    if "bad_camera" in v:
-        files["bounding_box_test"].append("0005_c9_f0170600")
-    if "junk" in v:
-        files["bounding_box_test"].append("-1_c1_f0000001")
-    if "overlapping_ids" in v:
-        files["query"].append("0001_c3_f0000100")
-    _write_reid_tree(ddir, files, ".jpg")
-    return Path(tmp)
+    return _reid_fixture(tmp, DUKE_LAYOUTS[layout], DUKE_FILES, DUKE_PLANTED, variant, ".jpg", "Duke")
+
+
+CUHK03_NP_FILES = {  # <pid>_c<view>_<index>.png, views 1 and 2 of one camera pair
+    "bounding_box_train": ["0001_c1_1", "0001_c1_2", "0001_c2_6", "0003_c1_1", "0003_c2_7"],
+    "query": ["0005_c1_2", "0005_c2_8", "0010_c1_1"],
+    "bounding_box_test": ["0005_c1_1", "0005_c2_6", "0005_c2_9", "0010_c2_7", "0012_c1_3"],
+}
+CUHK03_NP_LAYOUTS = {"distributed": "cuhk03-np/{images}", "plain": "{images}"}
+CUHK03_NP_PLANTED = {"bad_camera": ("bounding_box_test", "0005_c3_4"), "junk": ("bounding_box_test", "-1_c1_2"),
+                     "overlapping_ids": ("query", "0003_c1_5")}
+
+
+def make_cuhk03_np(tmp, variant="clean", layout: str = "distributed", images: str = "labeled") -> Path:
+    """CUHK03-NP in the Market-style folders of its distribution (cameras 1..2, PNG); returns the root the loader
+    takes. Both image kinds can live under one root (cuhk03-np/labeled, cuhk03-np/detected)."""
+    return _reid_fixture(tmp, CUHK03_NP_LAYOUTS[layout].format(images=images), CUHK03_NP_FILES, CUHK03_NP_PLANTED,
+                         variant, ".png", "CUHK03-NP")
 
 
 # -------------------------------------------------------------------------------------- SimPEDES

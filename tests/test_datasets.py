@@ -6,7 +6,8 @@ import numpy as np
 import pytest
 from PIL import Image
 
-from fixtures_real import (CUHK_RECORDS, ICFG_RECORDS, RSTP_RECORDS, make_cuhk, make_duke, make_icfg, make_market,
+from fixtures_real import (CUHK_RECORDS, ICFG_RECORDS, RSTP_RECORDS, make_cuhk, make_cuhk03_np, make_duke, make_icfg,
+                           make_market,
                            make_rstpreid, make_simpedes, truncate_file, write_image)
 from tireid_core.data.datasets import (KNOWN_SIZES, RDE_TRAIN_PAIRS, load_cuhk_pedes, load_dukemtmc_reid,
                                        load_icfg_pedes, load_market1501, load_reid_dataset, load_rstpreid,
@@ -234,6 +235,30 @@ def test_duke_errors(tmp_path):
         load_dukemtmc_reid(make_duke(tmp_path / "b", "junk"))  # Duke has no junk ids: never silently dropped
 
 
+@pytest.mark.parametrize("layout", ["distributed", "plain"])
+@pytest.mark.parametrize("images", ["labeled", "detected"])
+def test_cuhk03_np(tmp_path, layout, images):
+    root = make_cuhk03_np(tmp_path, layout=layout, images=images)
+    ds = load_reid_dataset(f"cuhk03-np-{images}", root)
+    assert ds.name == f"cuhk03-np-{images}" and ds.root.name == images
+    assert [(im.pid, im.camid) for im in ds.train] == [(1, 0), (1, 0), (1, 1), (3, 0), (3, 1)]  # view 2 -> camera 1
+    assert (len(ds.query), len(ds.gallery)) == (3, 5)
+    assert all(im.path.suffix == ".png" for im in ds.train + ds.query + ds.gallery)
+
+
+def test_cuhk03_np_kinds_are_kept_apart(tmp_path):
+    make_cuhk03_np(tmp_path, images="labeled")
+    with pytest.raises(DatasetError, match="cuhk03-np-detected: no bounding_box_train/"):
+        load_reid_dataset("cuhk03-np-detected", tmp_path)  # never falls back to the labeled boxes
+
+
+def test_cuhk03_np_errors(tmp_path):
+    with pytest.raises(DatasetError, match="0005_c3_4.png: camera 3 outside 1..2"):
+        load_reid_dataset("cuhk03-np-labeled", make_cuhk03_np(tmp_path / "a", "bad_camera"))
+    with pytest.raises(DatasetError, match="-1_c1_2.png: junk id -1 in gallery"):
+        load_reid_dataset("cuhk03-np-labeled", make_cuhk03_np(tmp_path / "b", "junk"))
+
+
 def test_reid_registry(tmp_path):
     assert load_reid_dataset("market1501", make_market(tmp_path / "m")).name == "market1501"
     assert load_reid_dataset("dukemtmc-reid", make_duke(tmp_path / "d")).name == "dukemtmc-reid"
@@ -251,6 +276,10 @@ def test_known_sizes_match_rde_pairs():
     assert sum(s["images"] for s in KNOWN_SIZES["cuhk-pedes"].values()) == 40206
     g = KNOWN_SIZES["market1501"]["gallery"]
     assert g["files"] - g["junk"] == g["images"]
+    for kind, images in (("labeled", 7368 + 1400 + 5328), ("detected", 7365 + 1400 + 5332)):  # 767/700 protocol
+        sizes = KNOWN_SIZES[f"cuhk03-np-{kind}"]
+        assert sum(s["images"] for s in sizes.values()) == images
+        assert (sizes["train"]["ids"], sizes["query"]["ids"]) == (767, 700)
 
 
 def test_rde_noise_index(tmp_path):

@@ -250,3 +250,21 @@ def test_a_corrupt_image_fails_before_training(tiny_params, tmp_path):
     victim.write_bytes(victim.read_bytes()[:40])  # truncated
     with pytest.raises(DatasetError, match=rf"1 image\(s\) cannot be read:\n  cannot decode image .*{victim.name}"):
         build_experiment(tiny_params(f"baseline.data.root={root}"))
+
+
+def test_reid_val_split_holds_out_evenly_spaced_identities():
+    from pathlib import Path as P
+
+    from tireid_core.data.records import ReIDImage
+    from tireid_core.experiment import reid_val_split
+
+    images = [ReIDImage(P(f"/x/{pid}_{k}.png"), pid, cam) for pid in (2, 4, 6, 8, 10, 12)
+              for k, cam in enumerate((0, 0, 1) if pid != 8 else (3, 3, 3))]
+    train, val = reid_val_split(images, 3, "m.data.val_ids")
+    assert sorted({im.pid for im in train}) == [4, 8, 12]  # ids 2, 6, 10: positions 0, 2, 4 of 6 sorted ids
+    assert [im.path.name for im in val.query] == ["2_0.png", "6_0.png", "10_0.png"]  # a camera another image lacks
+    assert len(val.gallery) == 6 and not set(val.query) & set(val.gallery)
+    _, one_camera = reid_val_split(images, 2, "m.data.val_ids")  # ids 2 and 8; 8 was seen by camera 4 only
+    assert [im.pid for im in one_camera.query] == [2] and {im.pid for im in one_camera.gallery} == {2, 8}
+    with pytest.raises(ValueError, match="m.data.val_ids: 5 val identities leave fewer than 2"):
+        reid_val_split(images, 5, "m.data.val_ids")

@@ -113,6 +113,21 @@ def test_every_model_follows_the_contract(method, tiny_params):
     assert "final" in scores and all(s.shape == (2, 3) for s in scores.values())
 
 
+@pytest.mark.parametrize("method", [m for m in available_methods() if get_method(m).task == "image_reid"])
+def test_every_image_reid_model_follows_the_contract(method, tiny_params):
+    from tireid_core.experiment import build_experiment
+
+    exp = build_experiment(tiny_params(section=method))
+    model = exp.model.eval()
+    assert isinstance(model, RetrievalModel) and model.similarity in ("cosine", "euclidean")
+    images = torch.randn(3, 3, exp.params.data.height, exp.params.data.width)
+    with torch.no_grad():
+        gallery, queries = model.encode_images(images), model.encode_images(images[:2])
+        scores = model.similarities(gallery, queries)
+    assert "final" in scores and all(s.shape == (2, 3) for s in scores.values())
+    assert (scores["final"].argmax(1) == torch.arange(2)).all()  # an image is closest to itself
+
+
 @pytest.fixture
 def project_with_dummy(tmp_path, tiny_simpedes):
     work = tmp_path / "project"

@@ -5,7 +5,7 @@ from pathlib import Path
 import nbformat
 import pytest
 
-from tireid_core.methods import available_methods
+from tireid_core.methods import available_methods, get_method
 from conftest import NB_EXTRA_KEYS
 from tireid_core.run import execute_notebook
 from tireid_core.runs import RunMissing, load_run
@@ -93,15 +93,23 @@ def test_notebook_runs_on_tiny_profile(name, tiny_pipeline):
     errors = [o for c in nb.cells if c.cell_type == "code" for o in c.outputs if o.output_type == "error"]
     assert not errors
     assert (runs / "notebooks" / f"{name}.html").exists()
-    if name in ("baseline", "ssan", "nafs"):
+    if name in ("baseline", "ssan", "nafs", "san"):
         metrics = json.loads((runs / name / "full" / "metrics.json").read_text())
         assert 0 <= metrics["best"]["test"]["R@1"] <= 100
         assert (runs / name / "figures" / "retrieval.png").exists()
     text = "".join(o.get("text", "") for c in nb.cells if c.cell_type == "code" for o in c.outputs)
     if name.endswith("_analysis"):
         assert (runs / method / "analysis" / "figures" / "val_curves.png").exists()
-        assert "share one recipe" in text and "full vs global_only" in text
+        assert "share one recipe" in text
+    if name.endswith("_analysis") and get_method(method).task == "text_image":  # the same kind of model as the baseline
+        assert "full vs global_only" in text
         assert "minus baseline full" in text and "the baseline run is missing" not in text
+    if name == "san_analysis":
+        analysis = json.loads((runs / "san" / "analysis" / "analysis.json").read_text())
+        assert set(analysis) == {"texture_error", "invisible_error_full_minus_san_basic",
+                                 "view_invariance_front_back_ratio", "claims"}
+        assert "full vs resnet" in text and "error on invisible texels" in text
+        assert (runs / "san" / "analysis" / "figures" / "cmc.png").exists()
     if name == "ssan_analysis":
         analysis = json.loads((runs / "ssan" / "analysis" / "analysis.json").read_text())
         assert set(analysis) == {"intra_class_ratio", "word_part_agreement", "word_part_chance"}

@@ -269,3 +269,32 @@ def test_output_folder_honours_umask(tiny):
     mask = os.umask(0)
     os.umask(mask)
     assert stat.S_IMODE(tiny[0].stat().st_mode) == 0o777 & ~mask
+
+
+def test_visible_texels_follow_the_view_frame_and_occluder(tiny):
+    """SAN's analysis scores invisible atlas parts against visible ones: a front image shows no back region, a back
+    image no front one, and an occluder or the frame edge hides texels."""
+    root, meta = tiny
+    attrs = {i["id"]: i["attributes"] for i in meta["identities"]}
+    h, w = meta["params"]["height"], meta["params"]["width"]
+    masks = sp.region_masks()
+    by_view = {}
+    for im in meta["images"]:
+        if im["occlusion_box"] is None:
+            by_view.setdefault(im["view"], im)
+    assert {"front", "back"} <= set(by_view)
+    for view, shown, hidden in (("front", "front", "back"), ("back", "back", "front")):
+        im = by_view[view]
+        vis = sp.visible_texels(im, attrs[im["id"]], h, w)
+        assert vis.shape == masks["torso_front"].shape and vis.dtype == bool
+        for part in ("torso", "legs", "head"):
+            assert vis[masks[f"{part}_{shown}"]].any(), (view, part)
+            assert not vis[masks[f"{part}_{hidden}"]].any(), (view, part)
+        assert not vis[~np.logical_or.reduce(list(masks.values()))].any()  # never outside the layout's regions
+        covered = dict(im, occlusion_box=[0, 0, h, w])
+        assert not sp.visible_texels(covered, attrs[im["id"]], h, w).any()
+        y0, x0, y1, x1 = im["person_box"]
+        lower_half_out = dict(im, person_box=[y0 + h // 2, x0, y1 + h // 2, x1])  # the box slides down, out of frame
+        assert sp.visible_texels(lower_half_out, attrs[im["id"]], h, w).sum() < vis.sum()
+    for im in meta["images"]:  # an image whose parts show no pixel shows no texel, and vice versa
+        assert sp.visible_texels(im, attrs[im["id"]], h, w).any() == (sum(im["visible_pixels"].values()) > 0)

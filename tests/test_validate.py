@@ -3,12 +3,13 @@ import json
 
 import pytest
 
-from fixtures_real import make_cuhk, make_duke, make_icfg, make_market, make_rstpreid, make_simpedes
+from fixtures_real import make_cuhk, make_cuhk03_np, make_duke, make_icfg, make_market, make_rstpreid, make_simpedes
 from tireid_core.data.datasets import KNOWN_SIZES
 from tireid_core.data.validate import Report, _compare_sizes, main, validate_dataset
 
 BUILDERS = {"cuhk-pedes": make_cuhk, "icfg-pedes": make_icfg, "rstpreid": make_rstpreid,
-            "market1501": make_market, "dukemtmc-reid": make_duke}
+            "market1501": make_market, "dukemtmc-reid": make_duke, "cuhk03-np-labeled": make_cuhk03_np,
+            "cuhk03-np-detected": lambda tmp, *a, **k: make_cuhk03_np(tmp, *a, images="detected", **k)}
 
 
 def run_cli(capsys, *args):
@@ -83,6 +84,9 @@ PLANTED = [
     ("market1501", "mixed_ext", "W", ["mixed image extensions", ".png 1"]),
     ("dukemtmc-reid", "bad_camera", "E", ["camera 9 outside 1..8", "0005_c9_f0170600.jpg"]),
     ("dukemtmc-reid", "junk", "E", ["junk id -1 in gallery"]),
+    ("cuhk03-np-labeled", "bad_camera", "E", ["camera 3 outside 1..2", "0005_c3_4.png"]),
+    ("cuhk03-np-labeled", "junk", "E", ["junk id -1 in gallery"]),
+    ("cuhk03-np-detected", "overlapping_ids", "E", ["in both train and query/gallery", "3"]),
 ]
 
 

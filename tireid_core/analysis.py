@@ -88,11 +88,13 @@ class FigureSaver:
 
 
 def dataset_counts(exp) -> pd.DataFrame:
-    """Training pairs, identities and the val/test query × gallery sizes of an experiment."""
+    """Training pairs (images for image ReID), identities and the val/test query × gallery sizes of an experiment."""
     def size(s):
-        return f"{len(s.captions)} × {len(s.image_paths)}" if s is not None else "—"
+        if s is None:
+            return "—"
+        return f"{len(s.query)} × {len(s.gallery)}" if hasattr(s, "query") else f"{len(s.captions)} × {len(s.image_paths)}"
 
-    counts = {"train pairs": len(exp.train_set), "train identities": exp.num_classes,
+    counts = {"train pairs" if exp.text_image else "train images": len(exp.train_set), "train identities": exp.num_classes,
               "val queries × gallery": size(exp.val_set), "test queries × gallery": size(exp.test_set)}
     return pd.Series(counts, name=exp.params.data.dataset).to_frame()
 
@@ -475,5 +477,72 @@ def curves_figure(histories: dict[str, list[dict]], key: str = "val/R@1"):
     ax.set_ylabel(key + " (%)")
     ax.set_title(f"{key} per epoch")
     ax.legend(fontsize=7, loc="center left", bbox_to_anchor=(1.02, 0.5))
+    fig.tight_layout()
+    return fig
+
+
+# ----------------------------------------------------------------------------- image ReID
+
+
+def cmc_figure(curves: dict[str, list[float]], max_rank: int = 20):
+    """CMC curves (percent at ranks 1..max_rank), one line per run ({label: the metrics record's "cmc" list})."""
+    fig, ax = plt.subplots(figsize=(7.5, 3.6))
+    for label, cmc in curves.items():
+        ranks = list(range(1, min(max_rank, len(cmc)) + 1))
+        ax.plot(ranks, cmc[:len(ranks)], marker=".", label=label)
+    ax.xaxis.set_major_locator(plt.MaxNLocator(integer=True))
+    ax.set_xlabel("rank")
+    ax.set_ylabel("matches within rank (%)")
+    ax.set_title("CMC")
+    ax.legend(fontsize=7, loc="center left", bbox_to_anchor=(1.02, 0.5))
+    fig.tight_layout()
+    return fig
+
+
+def image_rows_figure(rows: list[list], titles: list[list[str]], column_names: list[str] | None = None):
+    """A grid of images, one list per row: PIL images, H x W x 3 arrays, or 3 x H x W tensors in [-1, 1] (textures)."""
+    n_cols = max(len(r) for r in rows)
+    fig, axes = plt.subplots(len(rows), n_cols, figsize=(1.7 * n_cols, 2.0 * len(rows)), squeeze=False)
+    for i, (row, names) in enumerate(zip(rows, titles)):
+        for j in range(n_cols):
+            ax = axes[i, j]
+            ax.axis("off")
+            if j >= len(row):
+                continue
+            img = row[j]
+            if isinstance(img, torch.Tensor):
+                img = ((img.float().clamp(-1, 1) + 1) / 2).permute(1, 2, 0).numpy()
+            ax.imshow(img, interpolation="nearest")
+            ax.set_title(names[j], fontsize=7)
+    if column_names:
+        for j, name in enumerate(column_names):
+            axes[0, j].set_title(f"{name}\n{axes[0, j].get_title()}", fontsize=7)
+    fig.tight_layout()
+    return fig
+
+
+def reid_retrieval_figure(evalset, scores: torch.Tensor, queries: list[int], topk: int = 10):
+    """Top-k gallery images for query images (first column), after the protocol's same-identity-same-camera
+    exclusion; green frame = same identity, red = another (pid 0 = distractor). Ties: the project's stable rule."""
+    topk = min(topk, len(evalset.gallery))
+    fig, axes = plt.subplots(len(queries), topk + 1, figsize=(1.1 * (topk + 1), 2.3 * len(queries)), squeeze=False)
+    for row, q in enumerate(queries):
+        query = evalset.query[q]
+        kept = torch.tensor([not (g.pid == query.pid and g.camid == query.camid) for g in evalset.gallery])
+        order = torch.sort(scores[q].masked_fill(~kept, float("-inf")), descending=True, stable=True).indices
+        order = [g for g in order.tolist() if kept[g]][:topk]
+        axes[row, 0].imshow(read_image(query.path))
+        axes[row, 0].set_title(f"query id {query.pid}\ncam {query.camid + 1}", fontsize=7)
+        for col in range(topk + 1):
+            axes[row, col].set_xticks([])
+            axes[row, col].set_yticks([])
+        for col, g in enumerate(order, start=1):
+            ax = axes[row, col]
+            ax.imshow(read_image(evalset.gallery[g].path))
+            ok = evalset.gallery[g].pid == query.pid
+            for spine in ax.spines.values():
+                spine.set_edgecolor("limegreen" if ok else "red")
+                spine.set_linewidth(3)
+            ax.set_title(f"{col}", fontsize=7)
     fig.tight_layout()
     return fig

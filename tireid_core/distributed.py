@@ -53,6 +53,22 @@ def gather_with_grad(x: torch.Tensor) -> torch.Tensor:
     return torch.stack(parts, dim=1).reshape(-1, *x.shape[1:])
 
 
+def average_gradients(grads) -> None:
+    """Average gradient tensors over ranks in place, as DDP's reducer does during a backward pass; for steps that
+    compute gradients with `torch.autograd.grad`, which DDP does not see. None entries (unused parameters, the same on
+    every rank) are skipped; one all-reduce over the flattened tensors."""
+    present = [g for g in grads if g is not None]
+    if not is_distributed() or not present:
+        return
+    flat = torch.cat([g.reshape(-1) for g in present])
+    dist.all_reduce(flat)
+    flat /= world_size()
+    offset = 0
+    for g in present:
+        g.copy_(flat[offset:offset + g.numel()].view(g.shape))
+        offset += g.numel()
+
+
 def mean_over_ranks(values: dict[str, float]) -> dict[str, float]:
     """Average scalar logs over ranks (a rank's loss covers only its slice of each batch)."""
     if not is_distributed():

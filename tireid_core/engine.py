@@ -15,6 +15,7 @@ from __future__ import annotations
 
 import math
 import time
+from contextlib import nullcontext
 from dataclasses import dataclass
 from typing import Callable
 
@@ -37,7 +38,8 @@ class DivergedError(ValueError):
 
 
 def lr_lambda(params: RunParams, steps_per_epoch: int) -> Callable[[int], float]:
-    """Linear warm-up over `warmup_epochs`, then cosine / step decay; stepped every iteration."""
+    """Linear warm-up over `warmup_epochs`, then cosine / step decay; stepped every iteration (epoch_multistep:
+    constant within an epoch, linear or exponential warm-up)."""
     tp = params.train
     warm = tp.warmup_epochs * steps_per_epoch
     total = max(tp.epochs * steps_per_epoch, 1)
@@ -46,6 +48,8 @@ def lr_lambda(params: RunParams, steps_per_epoch: int) -> Callable[[int], float]
         if tp.schedule == "epoch_multistep":
             epoch = step // steps_per_epoch
             if epoch < tp.warmup_epochs:
+                if tp.warmup_shape == "exponential":  # the same factor every epoch (SAN: ×1.259, 1/100 -> 1 in 20)
+                    return tp.warmup_factor ** (1 - epoch / tp.warmup_epochs)
                 return tp.warmup_factor + (1 - tp.warmup_factor) * epoch / tp.warmup_epochs
             return tp.gamma ** sum(epoch >= m for m in tp.milestones)
         if step < warm:
@@ -77,13 +81,18 @@ def _check_finite(terms: dict, epoch: int, step: int, lr: float) -> None:
 @dataclass
 class TrainStep:
     """One optimisation step exactly as the loop runs it: batch to the device (and layout), autocast, the model's
-    weighted loss terms, a finite-loss check, backward, clipping, optimiser and per-iteration scheduler. Benchmarks
-    time this object, so their figures are the engine's."""
+    weighted loss terms, a finite-loss check, backward, clipping, optimisers and per-iteration schedulers. Benchmarks
+    time this object, so their figures are the engine's.
+
+    Most methods train one Adam over `param_groups` with one backward pass of ``terms["loss"]``. A model whose
+    `optimizers(params)` returns several optimisers and whose `gradient_routes()` returns routes (SAN's two-step
+    update) gets one gradient per route instead (`_routed_step`)."""
 
     module: nn.Module  # the model, or its DDP wrapper
     model: nn.Module
-    optimizer: torch.optim.Optimizer
-    scheduler: torch.optim.lr_scheduler.LRScheduler
+    optimizers: dict[str, torch.optim.Optimizer]  # the first one's lr is logged
+    schedulers: dict[str, torch.optim.lr_scheduler.LRScheduler]  # the lr schedule, for every optimiser it drives
+    routes: tuple | None  # tireid_core.methods.GradientRoute, or None for one backward of terms["loss"]
     scaler: torch.amp.GradScaler
     device: torch.device
     autocast_dtype: torch.dtype | None
@@ -100,26 +109,92 @@ class TrainStep:
         if use_bf16 and not torch.ops.mkldnn._is_mkldnn_bf16_supported():
             raise ValueError(f"{params.method}.train.cpu_bf16: this CPU has no native bfloat16 support (AVX512-BF16 "
                              "or AMX), where some layers (the LSTM) fail; set it to false")
-        # fused: one kernel per tensor instead of about ten small ops (demo SSAN optimiser step 7.6 -> 2.2 ms, 2 cores)
-        optimizer = torch.optim.Adam(model.param_groups(params), lr=tp.lr, weight_decay=tp.weight_decay, fused=True)
-        scheduler = torch.optim.lr_scheduler.LambdaLR(optimizer, lr_lambda(params, steps_per_epoch))
-        return cls(module or model, model, optimizer, scheduler, torch.amp.GradScaler("cuda", enabled=use_amp), device,
-                   torch.bfloat16 if use_bf16 else None, use_amp or use_bf16, tp.grad_clip, tp.channels_last)
+        optimizers = model.optimizers(params) if hasattr(model, "optimizers") else None
+        if optimizers is None:
+            # fused: one kernel per tensor instead of about ten small ops (demo SSAN optimiser step 7.6 -> 2.2 ms, 2 cores)
+            optimizers = {"main": torch.optim.Adam(model.param_groups(params), lr=tp.lr, weight_decay=tp.weight_decay,
+                                                   fused=True)}
+        routes = model.gradient_routes() if hasattr(model, "gradient_routes") else None
+        if routes is not None:
+            named = [name for route in routes for name in route.optimizers]
+            if sorted(named) != sorted(set(named)) or not set(named) <= set(optimizers):
+                raise ValueError(f"{params.method}: every optimiser must belong to at most one gradient route and "
+                                 f"exist (routes name {named}, optimisers {list(optimizers)})")
+        fixed = set(getattr(model, "fixed_lr_optimizers", ()))
+        factor = lr_lambda(params, steps_per_epoch)
+        schedulers = {name: torch.optim.lr_scheduler.LambdaLR(opt, factor) for name, opt in optimizers.items()
+                      if name not in fixed}
+        return cls(module or model, model, optimizers, schedulers, routes,
+                   torch.amp.GradScaler("cuda", enabled=use_amp), device, torch.bfloat16 if use_bf16 else None,
+                   use_amp or use_bf16, tp.grad_clip, tp.channels_last)
 
-    def __call__(self, batch: dict, epoch: int = 0, step: int = 0) -> dict[str, torch.Tensor]:
-        batch = to_device(batch, self.device, self.channels_last)
+    @property
+    def optimizer(self) -> torch.optim.Optimizer:
+        """The first optimiser: its lr is the one the loop logs and reports in errors."""
+        return next(iter(self.optimizers.values()))
+
+    def _forward(self, batch: dict, epoch: int, step: int) -> dict[str, torch.Tensor]:
         with torch.autocast(self.device.type, dtype=self.autocast_dtype, enabled=self.autocast):
             terms = self.module(batch)
         _check_finite(terms, epoch, step, self.optimizer.param_groups[0]["lr"])
-        self.optimizer.zero_grad(set_to_none=True)
-        self.scaler.scale(terms["loss"]).backward()
-        if self.grad_clip:
-            self.scaler.unscale_(self.optimizer)
-            nn.utils.clip_grad_norm_(self.model.parameters(), self.grad_clip)
-        self.scaler.step(self.optimizer)
-        self.scaler.update()
-        self.scheduler.step()
         return terms
+
+    def _apply(self, optimizers: list[torch.optim.Optimizer], params) -> None:
+        if self.grad_clip:
+            for opt in optimizers:
+                self.scaler.unscale_(opt)
+            nn.utils.clip_grad_norm_(params, self.grad_clip)
+        for opt in optimizers:
+            self.scaler.step(opt)
+
+    def __call__(self, batch: dict, epoch: int = 0, step: int = 0) -> dict[str, torch.Tensor]:
+        batch = to_device(batch, self.device, self.channels_last)
+        if self.routes is None:
+            terms = self._forward(batch, epoch, step)
+            for opt in self.optimizers.values():
+                opt.zero_grad(set_to_none=True)
+            self.scaler.scale(terms["loss"]).backward()
+            self._apply(list(self.optimizers.values()), self.model.parameters())
+        else:
+            terms = self._routed_step(batch, epoch, step)
+        self.scaler.update()
+        for scheduler in self.schedulers.values():
+            scheduler.step()
+        return terms
+
+    def _routed_step(self, batch: dict, epoch: int, step: int) -> dict[str, torch.Tensor]:
+        """One gradient per route, each from `torch.autograd.grad` on the route's loss term, averaged over DDP ranks by
+        hand (the forward runs under DDP's no_sync: DDP's reducer serves one backward pass per forward) and applied by
+        the route's optimisers. Every gradient of one forward pass is computed before any optimiser steps: an update
+        in place would otherwise leak into the next backward through the retained graph (SAN's official in-place bug;
+        fused Adam does not even bump the version counters that would catch it). Returns the terms of the step's first
+        forward pass (the logged ones)."""
+        no_sync = self.module.no_sync() if isinstance(self.module, nn.parallel.DistributedDataParallel) else nullcontext()
+        with no_sync:
+            terms = logged = self._forward(batch, epoch, step)
+            pending = []  # (optimisers, parameters, gradients) of the current forward pass
+            for i, route in enumerate(self.routes):
+                if route.reforward and i > 0:
+                    self._apply_all(pending)
+                    pending, terms = [], self._forward(batch, epoch, step)
+                optimizers = [self.optimizers[name] for name in route.optimizers]
+                params = [p for opt in optimizers for group in opt.param_groups for p in group["params"]]
+                graph_used_later = i + 1 < len(self.routes) and not self.routes[i + 1].reforward
+                grads = torch.autograd.grad(self.scaler.scale(terms[route.loss]), params,
+                                            retain_graph=graph_used_later, allow_unused=True)
+                dist.average_gradients(grads)
+                pending.append((optimizers, params, grads))
+            self._apply_all(pending)
+        return logged
+
+    def _apply_all(self, pending: list) -> None:
+        for optimizers, params, grads in pending:
+            for p, g in zip(params, grads):
+                # the parameter's own memory layout, as backward's AccumulateGrad guarantees: fused Adam reads the
+                # gradient and the parameter as flat arrays (a channels_last gradient of a contiguous weight would
+                # be read permuted)
+                p.grad = g if g is None or g.stride() == p.stride() else torch.empty_like(p).copy_(g)
+            self._apply(optimizers, params)
 
 
 # Keys a resumed run may change: where files are and how fast evaluation runs, not what is trained.
@@ -181,7 +256,6 @@ def fit(exp: Experiment, resume: bool = False, on_epoch_end: Callable[[int, dict
         raise ValueError(f"{params.method}.train.batch_size={tp.batch_size} is larger than the {len(exp.train_set)} "
                          "training samples")
     step_fn = TrainStep.build(model, params, device, steps_per_epoch, train_module)
-    optimizer, scheduler, scaler = step_fn.optimizer, step_fn.scheduler, step_fn.scaler
 
     start_epoch, history, best = 0, [], {"epoch": -1, "score": -1.0}
     last_ckpt = ckpt_dir / "last.pt"
@@ -189,9 +263,11 @@ def fit(exp: Experiment, resume: bool = False, on_epoch_end: Callable[[int, dict
         state = load_checkpoint(last_ckpt)
         _check_resume(state.get("params"), params, last_ckpt, exp.method.test_time)
         load_model_state(model, state, last_ckpt)
-        optimizer.load_state_dict(state["optimizer"])
-        scheduler.load_state_dict(state["scheduler"])
-        scaler.load_state_dict(state["scaler"])
+        for name, opt in step_fn.optimizers.items():
+            opt.load_state_dict(state["optimizers"][name])
+        for name, scheduler in step_fn.schedulers.items():
+            scheduler.load_state_dict(state["schedulers"][name])
+        step_fn.scaler.load_state_dict(state["scaler"])
         start_epoch, history, best = state["epoch"] + 1, state["history"], state["best"]
 
     live = None
@@ -227,7 +303,7 @@ def fit(exp: Experiment, resume: bool = False, on_epoch_end: Callable[[int, dict
             bar.set_postfix(loss=f"{float(terms['loss'].detach()):.3f}")
         running = dist.mean_over_ranks(running)  # each rank saw part of every batch
         record = {"epoch": epoch, **{f"train/{k}": v / len(batches) for k, v in running.items()}}
-        record["lr"] = optimizer.param_groups[0]["lr"]
+        record["lr"] = step_fn.optimizer.param_groups[0]["lr"]
         record["train_seconds"] = round(time.perf_counter() - started, 1)  # the budget a row actually had (wall time)
 
         if is_main:
@@ -248,9 +324,9 @@ def fit(exp: Experiment, resume: bool = False, on_epoch_end: Callable[[int, dict
             atomic_torch_save(
                 {
                     "model": model.state_dict(),
-                    "optimizer": optimizer.state_dict(),
-                    "scheduler": scheduler.state_dict(),
-                    "scaler": scaler.state_dict(),
+                    "optimizers": {name: opt.state_dict() for name, opt in step_fn.optimizers.items()},
+                    "schedulers": {name: sched.state_dict() for name, sched in step_fn.schedulers.items()},
+                    "scaler": step_fn.scaler.state_dict(),
                     "epoch": epoch,
                     "history": history,
                     "best": best,

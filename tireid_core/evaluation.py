@@ -140,7 +140,7 @@ def final_evaluation(exp: Experiment, device: torch.device, history: list, best:
         "dataset": params.data.dataset,
         "split": "test",
         "direction": "t2i" if exp.text_image else "i2i",
-        "similarity": "cosine",
+        "similarity": getattr(model, "similarity", "cosine"),
         "precision": "fp32",
         "selection_split": params.train.selection_split if exp.val_set is not None else "last",
         "seed": params.train.seed,

@@ -3,7 +3,8 @@
 - text-image retrieval (``Method.task == "text_image"``): caption pairs, random batches (IRRA/NAFS style), captions
   as queries against each split image once;
 - image ReID (``"image_reid"``): identity-balanced batches (P identities × K images), query images against the gallery
-  with same-identity-same-camera exclusion.
+  with same-identity-same-camera exclusion; optionally a val split held out from the training identities
+  (``data.val_ids``) and per-sample training targets from the model (``train_targets``, SAN's texture).
 The training loop (`engine.fit`) and the evaluation (`evaluation.evaluate`) only see an `Experiment`.
 """
 from __future__ import annotations
@@ -48,6 +49,29 @@ class ReIDEvalSet:
     split: str
     query: list[ReIDImage]
     gallery: list[ReIDImage]
+
+
+def reid_val_split(train: list[ReIDImage], n_ids: int, key: str) -> tuple[list[ReIDImage], ReIDEvalSet]:
+    """Hold out `n_ids` training identities (evenly spaced over the sorted ids, so the choice depends on no seed) as a
+    val query/gallery split. Each held-out identity gives one query, its first image whose camera another of its
+    images does not share (the protocol excludes same-camera matches), and the rest of its images to the gallery; an
+    identity seen by one camera only goes to the gallery alone. Returns the remaining training images and the split."""
+    by_id: dict[int, list[ReIDImage]] = {}
+    for im in train:
+        by_id.setdefault(im.pid, []).append(im)
+    pids = sorted(by_id)
+    if n_ids >= len(pids) - 1:
+        raise ValueError(f"{key}: {n_ids} val identities leave fewer than 2 of the {len(pids)} training identities")
+    held = {pids[i * len(pids) // n_ids] for i in range(n_ids)}
+    query, gallery = [], []
+    for pid in sorted(held):
+        images = by_id[pid]
+        first = next((im for im in images if any(o.camid != im.camid for o in images)), None)
+        query += [first] if first is not None else []
+        gallery += [im for im in images if im is not first]
+    if not query:
+        raise ValueError(f"{key}: none of the {n_ids} val identities has images from two cameras")
+    return [im for im in train if im.pid not in held], ReIDEvalSet("val", query, gallery)
 
 
 def build_eval_set(dataset: TextImageDataset, split: str) -> TextImageEvalSet:
@@ -143,10 +167,13 @@ def build_experiment(params: RunParams, method: Method | None = None) -> Experim
         if params.train.batch_size % d.ids_per_batch:
             raise ValueError(f"{params.method}.train.batch_size ({params.train.batch_size}) must be a multiple of "
                              f"{params.method}.data.ids_per_batch ({d.ids_per_batch}): P identities x K images")
-        label_of_pid = relabel(im.pid for im in dataset.train)
-        train_set = ReIDTrainDataset(dataset.train, loader, label_of_pid)
-        train_pids = [im.pid for im in dataset.train]
-        val_set, test_set = None, ReIDEvalSet("test", dataset.query, dataset.gallery)
+        train_images, val_set = dataset.train, None
+        if d.val_ids:
+            train_images, val_set = reid_val_split(dataset.train, d.val_ids, f"{params.method}.data.val_ids")
+        label_of_pid = relabel(im.pid for im in train_images)
+        train_set = ReIDTrainDataset(train_images, loader, label_of_pid)
+        train_pids = [im.pid for im in train_images]
+        test_set = ReIDEvalSet("test", dataset.query, dataset.gallery)
         tokenizer = None
         paths = [im.path for im in (*dataset.train, *dataset.query, *dataset.gallery)]
     else:
@@ -169,6 +196,8 @@ def build_experiment(params: RunParams, method: Method | None = None) -> Experim
     verify_images(paths, f"{d.dataset} at {d.root}")
     vocab_size = tokenizer.vocab_size if isinstance(tokenizer, WordTokenizer) else 0  # HF encoders bring their own
     model = method.model(params, vocab_size, len(label_of_pid), tokenizer)
+    if isinstance(train_set, ReIDTrainDataset) and hasattr(model, "train_targets"):
+        train_set.targets = model.train_targets(train_set.images)  # per-sample targets (SAN's texture), or None
     return Experiment(params=params, method=method, dataset=dataset, train_set=train_set, train_pids=train_pids,
                       val_set=val_set, test_set=test_set, tokenizer=tokenizer, num_classes=len(label_of_pid),
                       model=model, run_dir=Path(params.out_dir), image_cache=image_cache)

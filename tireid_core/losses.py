@@ -315,3 +315,82 @@ def compound_ranking_loss(
                        fallback_anchor=fallback_anchor),
     ])
     return loss + beta * weak
+
+
+# ---------------------------------------------------------------------------------------- image ReID and SAN
+
+
+def smoothed_id_loss(logits: torch.Tensor, labels: torch.Tensor, epsilon: float = 0.1) -> torch.Tensor:
+    """Identity loss with label smoothing (Szegedy et al. 2016), the ReID ID loss of SAN and torchreid: cross-entropy
+    against the targets (1 − ε)·onehot + ε/K over the K training identities, batch mean; ε = 0 is `id_loss`."""
+    return F.cross_entropy(logits, labels, label_smoothing=epsilon)
+
+
+def batch_hard_triplet_loss(feats: torch.Tensor, labels: torch.Tensor, margin: float = 0.3) -> torch.Tensor:
+    """Batch-hard triplet loss (Hermans et al. 2017): each anchor's farthest positive and nearest negative in the
+    batch by Euclidean distance, mean over anchors of [d(a, p) − d(a, n) + margin]₊.
+
+    As in the torchreid code SAN uses, squared distances are clamped at 1e-12 before the square root and the anchor
+    is one of its own positives (at distance 1e-6). Tied hardest candidates share the gradient equally; an anchor
+    without a negative (a batch of one identity) contributes 0."""
+    sq = feats.pow(2).sum(1)
+    dist = (sq[:, None] + sq[None, :] - 2 * feats @ feats.t()).clamp(min=1e-12).sqrt()
+    same = labels[:, None] == labels[None, :]
+    hardest_pos = dist.masked_fill(~same, float("-inf")).amax(1)
+    hardest_neg = dist.masked_fill(same, float("inf")).amin(1)
+    return F.relu(hardest_pos - hardest_neg + margin).mean()
+
+
+def texture_l1_loss(pred: torch.Tensor, target: torch.Tensor) -> torch.Tensor:
+    """SAN's reconstruction loss L_Rec: mean absolute error between the predicted texture and its target (both
+    B × 3 × H × W in [−1, 1]). The shapes must be equal: a 64 × 64 pseudo-texture against a 256 × 256 prediction is
+    resized where it is loaded, never broadcast here."""
+    if pred.shape != target.shape:
+        raise ValueError(f"texture_l1_loss: prediction {tuple(pred.shape)} and target {tuple(target.shape)} differ; "
+                         "resize the target to the decoder's texture size where it is loaded")
+    return (pred - target).abs().mean()
+
+
+def official_ltr_triplets(labels: torch.Tensor, k: int = 4) -> list[tuple[torch.Tensor, ...]]:
+    """The fixed triplets of SAN's official L_TR, one (anchors, positives, negatives) index triple per decoder level.
+
+    The batch must be P identity blocks of K = 4 consecutive samples (4g .. 4g+3 share an identity, 4g+4 starts the
+    next). For g = 0 .. P−2: level 1 (4g, 4g+1, 4g+4), level 2 (4g+1, 4g+2, 4g+5), level 3 (4g+2, 4g+3, 4g+6),
+    level 4 (4g+3, 4g, 4g+4), written (anchor, positive, negative). The official code hard-codes these offsets; here
+    they come from the identity blocks, which are checked."""
+    if k != 4:
+        raise ValueError(f"official_ltr_triplets: the official L_TR offsets need K = 4 images per identity, got {k}")
+    if labels.numel() % k or labels.numel() < 2 * k:
+        raise ValueError(f"official_ltr_triplets: a batch of {labels.numel()} is not P >= 2 blocks of K = {k}")
+    blocks = labels.view(-1, k)
+    if not bool((blocks == blocks[:, :1]).all()) or bool((blocks[1:, 0] == blocks[:-1, 0]).any()):
+        raise ValueError("official_ltr_triplets: the batch is not in identity blocks (samples 4g..4g+3 must share an "
+                         "identity and 4g+4 must start another); use the identity-balanced sampler")
+    g = torch.arange(blocks.shape[0] - 1, device=labels.device) * k
+    offsets = ((0, 1, 4), (1, 2, 5), (2, 3, 6), (3, 0, 4))
+    return [(g + a, g + p, g + n) for a, p, n in offsets]
+
+
+def batch_hard_map_triplets(maps: torch.Tensor, labels: torch.Tensor) -> tuple[torch.Tensor, ...]:
+    """(anchors, positives, negatives) for one decoder level mined batch-hard (an option of this project, not the
+    paper's): every sample is an anchor, with its farthest positive (itself excluded) and nearest negative by the
+    Euclidean distance of the globally average-pooled maps. Indices only: no gradient flows through the mining."""
+    with torch.no_grad():
+        pooled = maps.flatten(2).mean(2).float()
+        dist = torch.cdist(pooled, pooled)
+        same = labels[:, None] == labels[None, :]
+        eye = torch.eye(len(labels), dtype=torch.bool, device=labels.device)
+        positives = dist.masked_fill(~same | eye, float("-inf")).argmax(1)
+        negatives = dist.masked_fill(same, float("inf")).argmin(1)
+    return torch.arange(len(labels), device=labels.device), positives, negatives
+
+
+def decoder_triplet_loss(maps: torch.Tensor, anchors: torch.Tensor, positives: torch.Tensor,
+                         negatives: torch.Tensor, margin: float = 0.3) -> torch.Tensor:
+    """One decoder level of SAN's L_TR, a triplet constraint on decoder feature maps used as a perceptual loss:
+    Σ_t [D(a_t, p_t) − D(a_t, n_t) + margin]₊, with D the mean squared difference of two samples' whole maps
+    (mean over C·H·W). Summed over the triplets, as the official code sums (it does not average)."""
+    def d(i, j):
+        return (maps[i] - maps[j]).pow(2).flatten(1).mean(1)
+
+    return F.relu(d(anchors, positives) - d(anchors, negatives) + margin).sum()

@@ -14,7 +14,7 @@ from __future__ import annotations
 import importlib
 import pkgutil
 from dataclasses import dataclass
-from typing import Protocol, runtime_checkable
+from typing import Callable, Protocol, runtime_checkable
 
 import torch
 import torch.nn as nn
@@ -38,6 +38,10 @@ class RetrievalModel(Protocol):
       ``Method.test_time``) when a finished run is re-scored; training and its evaluation never call it.
     - ``start_epoch(epoch)`` is called before every training epoch (schedules inside a loss).
     - ``param_groups(params)`` gives the optimiser's parameter groups.
+
+    Optional (`MethodModel` has the defaults): ``optimizers(params)`` and ``gradient_routes()`` for a method that trains
+    with several optimisers and several gradients per step (SAN), ``train_targets(images)`` for per-sample training
+    targets of an image-ReID method, ``similarity`` (the name written to the metrics files).
     """
 
     def encode_images(self, images: torch.Tensor) -> Features: ...
@@ -63,11 +67,25 @@ class TextNeeds:
     official_pieces: int = 0  # > 0: batches carry NAFS's official sub-sentence sequences, this many per caption
 
 
+@dataclass(frozen=True)
+class GradientRoute:
+    """One gradient of a training step with several optimisers: d ``terms[loss]`` / d (the parameters of the named
+    optimisers), applied by those optimisers. The routes of a step run in order on one forward pass;
+    ``reforward=True`` first recomputes the terms with the weights the earlier routes have just updated."""
+
+    loss: str
+    optimizers: tuple[str, ...]
+    reforward: bool = False
+
+
 class MethodModel(nn.Module):
-    """Defaults of the contract: no epoch schedule, no re-ranking, pretrained encoders at ``lr · backbone_lr_mult``."""
+    """Defaults of the contract: no epoch schedule, no re-ranking, pretrained encoders at ``lr · backbone_lr_mult``, one
+    optimiser built by the engine, one backward pass of ``terms["loss"]`` per step, cosine scores."""
 
     text_needs = TextNeeds()
     epoch = 0
+    similarity = "cosine"  # what `similarities` computes, as written to the metrics files
+    fixed_lr_optimizers: tuple[str, ...] = ()  # optimisers (by name) the engine's lr schedule leaves at their own lr
 
     def start_epoch(self, epoch: int) -> None:
         self.epoch = epoch
@@ -92,6 +110,23 @@ class MethodModel(nn.Module):
         if slow:
             groups.append({"params": slow, "lr": tp.lr * tp.backbone_lr_mult})
         return groups
+
+    def optimizers(self, params) -> dict[str, torch.optim.Optimizer] | None:
+        """None: the engine builds one Adam over `param_groups`. A method with several optimisers returns them by
+        name; the first is the one whose lr is logged. The engine's per-iteration lr schedule (warm-up, decay) drives
+        every optimiser not named in `fixed_lr_optimizers`; checkpoints hold them all."""
+        return None
+
+    def gradient_routes(self) -> tuple[GradientRoute, ...] | None:
+        """None: one backward pass of ``terms["loss"]``, then every optimiser steps. Otherwise the step computes one
+        gradient per route (`GradientRoute`) with `torch.autograd.grad`, averages it over DDP ranks and lets the
+        route's optimisers apply it; an optimiser belongs to at most one route."""
+        return None
+
+    def train_targets(self, images: list) -> Callable[[object], dict[str, torch.Tensor]] | None:
+        """Image ReID: a picklable function from a training `ReIDImage` to extra per-sample tensors for `forward`
+        (SAN's texture target), or None. `images` are the training images, so missing files fail before training."""
+        return None
 
 
 @dataclass(frozen=True)

@@ -46,13 +46,15 @@ class DataParams:
     support_images: int = 0
     support_policy: Literal["skip", "duplicate", "augment"] = "skip"
     ids_per_batch: int = 16  # image ReID: P identities x K images per batch (K = batch_size / P)
+    val_ids: int = 0  # image ReID: training identities held out as a val split for checkpoint selection (the
+    # Market-style datasets have none); 0 = train on all of them
     num_workers: int = 0
     cache_images: bool = False  # keep decoded, resized images in memory: small datasets are decoded once, not every
     # epoch (with num_workers > 0 each worker fills its own copy for one epoch, so leave it off there)
 
     def check(self, key: str) -> None:
         _positive(self, key, "height", "width", "max_words", "ids_per_batch")
-        for name in ("num_workers", "support_captions", "support_images"):
+        for name in ("num_workers", "support_captions", "support_images", "val_ids"):
             if getattr(self, name) < 0:
                 raise ParamsError(f"{key}.{name}: must be >= 0, got {getattr(self, name)!r}")
 
@@ -98,6 +100,8 @@ class TrainParams:
     schedule: Literal["cosine", "step", "constant", "epoch_multistep"] = "cosine"
     milestones: list[int] = field(default_factory=list)  # for schedule=step / epoch_multistep
     warmup_factor: float = 0.01  # for schedule=epoch_multistep
+    warmup_shape: Literal["linear", "exponential"] = "linear"  # epoch_multistep: linear from warmup_factor (NAFS), or
+    # the same factor every epoch from warmup_factor to 1 (SAN's warm-up: x1.259 per epoch for 20 epochs)
     gamma: float = 0.1
     grad_clip: float = 0.0  # 0 = off
     freeze_bn: bool = False  # BatchNorm layers kept in eval mode (exact DDP parity, fine-tuning)

@@ -19,6 +19,7 @@ import os
 import re
 from collections import defaultdict
 from dataclasses import dataclass, field
+from functools import partial
 from pathlib import Path
 from typing import Callable, Iterable
 
@@ -56,6 +57,17 @@ KNOWN_SIZES: dict[str, dict[str, dict[str, int]]] = {
         "train": {"ids": 702, "images": 16522},
         "query": {"ids": 702, "images": 2228},
         "gallery": {"ids": 1110, "images": 17661},
+    },
+    # CUHK03-NP: the 767/700 protocol of Zhong et al. (2017), in the Market-style folders its authors distribute
+    "cuhk03-np-labeled": {
+        "train": {"ids": 767, "images": 7368},
+        "query": {"ids": 700, "images": 1400},
+        "gallery": {"ids": 700, "images": 5328},
+    },
+    "cuhk03-np-detected": {
+        "train": {"ids": 767, "images": 7365},
+        "query": {"ids": 700, "images": 1400},
+        "gallery": {"ids": 700, "images": 5332},
     },
 }
 
@@ -352,10 +364,15 @@ class ReIDFormat:
 MARKET1501 = ReIDFormat("market1501", ("market1501/Market-1501-v15.09.15", "market1501",
                                        "Market-1501-v15.09.15", ""), 6, True)
 DUKEMTMC_REID = ReIDFormat("dukemtmc-reid", ("dukemtmc-reid/DukeMTMC-reID", "DukeMTMC-reID", ""), 8, False)
+# CUHK03-NP in the Market-style layout of its distribution (cuhk03-np/{labeled,detected}/bounding_box_train/
+# 0001_c1_1.png, ...): "c1"/"c2" is the view of the person's camera pair (torchreid's camid), no junk or distractors.
+CUHK03_NP_LABELED = ReIDFormat("cuhk03-np-labeled", ("cuhk03-np/labeled", "labeled", ""), 2, False)
+CUHK03_NP_DETECTED = ReIDFormat("cuhk03-np-detected", ("cuhk03-np/detected", "detected", ""), 2, False)
 # SimPEDES' generator allows 2..6 cameras, as Market-1501 has.
 SIMPEDES_MARKET = ReIDFormat("simpedes-market", ("market",), 6, True)
 
-REID_FORMATS = {f.name: f for f in (MARKET1501, DUKEMTMC_REID, SIMPEDES_MARKET)}
+REID_FORMATS = {f.name: f for f in (MARKET1501, DUKEMTMC_REID, CUHK03_NP_LABELED, CUHK03_NP_DETECTED,
+                                    SIMPEDES_MARKET)}
 
 
 def locate_reid_dataset(fmt: ReIDFormat, root) -> Path:
@@ -451,6 +468,14 @@ def load_dukemtmc_reid(root) -> ReIDDataset:
     return _load_reid(DUKEMTMC_REID, root)
 
 
+def load_cuhk03_np(root, images: str = "labeled") -> ReIDDataset:
+    """CUHK03-NP (767 train / 700 test identities), hand-labelled or detected boxes: raw pids, view 1/2 as the camera
+    (0-based), no filtering. Root: the folder holding cuhk03-np/, cuhk03-np/ itself, or the labeled/ (detected/) folder."""
+    if images not in ("labeled", "detected"):
+        raise ValueError(f"CUHK03-NP images are 'labeled' or 'detected', got {images!r}")
+    return _load_reid(CUHK03_NP_LABELED if images == "labeled" else CUHK03_NP_DETECTED, root)
+
+
 def load_simpedes_market(root) -> ReIDDataset:
     """SimPEDES' Market-1501-style tree at `<root>/market/` (PNG files)."""
     return _load_reid(SIMPEDES_MARKET, root)
@@ -459,6 +484,8 @@ def load_simpedes_market(root) -> ReIDDataset:
 REID_DATASETS: dict[str, Callable[..., ReIDDataset]] = {
     "market1501": load_market1501,
     "dukemtmc-reid": load_dukemtmc_reid,
+    "cuhk03-np-labeled": partial(load_cuhk03_np, images="labeled"),
+    "cuhk03-np-detected": partial(load_cuhk03_np, images="detected"),
     "simpedes-market": load_simpedes_market,
 }
 

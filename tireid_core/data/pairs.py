@@ -130,12 +130,14 @@ class ImageDataset(Dataset):
 
 
 class ReIDTrainDataset(Dataset):
-    """(image, label, camera) items of an image-ReID training split."""
+    """(image, label, camera) items of an image-ReID training split, plus the model's per-sample targets when it has
+    any (`targets`: a function of the `ReIDImage` returning named tensors, e.g. SAN's texture)."""
 
-    def __init__(self, images: list[ReIDImage], load_image, label_of_pid: dict[int, int]):
+    def __init__(self, images: list[ReIDImage], load_image, label_of_pid: dict[int, int], targets=None):
         self.images = images
         self.load_image = load_image
         self.label_of_pid = label_of_pid
+        self.targets = targets
 
     def start_epoch(self, seed: int, epoch: int) -> None:
         """Nothing is drawn per sample here (the same interface as `PairDataset`)."""
@@ -145,8 +147,11 @@ class ReIDTrainDataset(Dataset):
 
     def __getitem__(self, i: int) -> dict:
         im = self.images[i]
-        return {"image": self.load_image(im.path), "label": self.label_of_pid[im.pid], "pid": im.pid,
+        item = {"image": self.load_image(im.path), "label": self.label_of_pid[im.pid], "pid": im.pid,
                 "camid": im.camid, "index": i}
+        if self.targets is not None:
+            item.update(self.targets(im))
+        return item
 
 
 TEXT_KEYS = ("ids", "mask", "pieces", "sub_ids", "sub_mask")
@@ -216,7 +221,9 @@ def text_input(batch: dict, prefix: str = "") -> dict:
 
 
 def reid_collate(items: list[dict]) -> dict:
+    """Images and any per-sample target tensors stacked; labels, pids, cameras and indices as integer tensors."""
+    numbers = ("label", "pid", "camid", "index")
     return {
-        "image": torch.stack([it["image"] for it in items]),
-        **{k: torch.tensor([it[k] for it in items]) for k in ("label", "pid", "camid", "index")},
+        **{k: torch.stack([it[k] for it in items]) for k in items[0] if k not in numbers},
+        **{k: torch.tensor([it[k] for it in items]) for k in numbers},
     }

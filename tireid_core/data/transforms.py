@@ -10,15 +10,20 @@ IMAGENET_MEAN = (0.485, 0.456, 0.406)
 IMAGENET_STD = (0.229, 0.224, 0.225)
 
 
+def normalization_stats(normalize: str) -> tuple[tuple[float, ...], tuple[float, ...]]:
+    """(mean, std) per channel of a `data.normalize` setting: ImageNet statistics, or 0.5 / 0.5 ("half")."""
+    if normalize not in ("imagenet", "half"):
+        raise ValueError(f"normalize must be 'imagenet' or 'half', got {normalize!r}")
+    return (IMAGENET_MEAN, IMAGENET_STD) if normalize == "imagenet" else ((0.5,) * 3, (0.5,) * 3)
+
+
 def build_image_transform(height: int, width: int, *, train: bool, hflip: bool = True,
                           normalize: str = "imagenet") -> T.Compose:
     """Resize to (height, width) with bicubic interpolation; flip only when training.
 
     normalize="imagenet" uses ImageNet statistics (torchvision weights); "half" uses 0.5/0.5 as SSAN's code does.
     """
-    if normalize not in ("imagenet", "half"):
-        raise ValueError(f"normalize must be 'imagenet' or 'half', got {normalize!r}")
-    mean, std = (IMAGENET_MEAN, IMAGENET_STD) if normalize == "imagenet" else ((0.5,) * 3, (0.5,) * 3)
+    mean, std = normalization_stats(normalize)
     steps = [T.Resize((height, width), interpolation=T.InterpolationMode.BICUBIC)]
     if train and hflip:
         steps.append(T.RandomHorizontalFlip())

@@ -15,7 +15,8 @@ Design
   know it. INFO: context. Exit code 1 if there is any ERROR, else 0.
 - Split sizes. A wrong size is an ERROR, but only when a size check is on, because a subset or a test
   fixture can never match the published tables:
-    * real datasets (cuhk-pedes, icfg-pedes, rstpreid, market1501, dukemtmc-reid): on by default and
+    * real datasets (cuhk-pedes, icfg-pedes, rstpreid, market1501, dukemtmc-reid, cuhk03-np-labeled,
+      cuhk03-np-detected): on by default and
       compared with `datasets.KNOWN_SIZES`; `--no-size-check` turns it off (`--expect-full` says it explicitly);
     * SimPEDES (simpedes, simpedes-market): on by default when the folder has the generator's `meta.json`,
       with sizes derived from its per-image records (`images`: split, id, captions, market_path) and its

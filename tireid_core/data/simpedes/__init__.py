@@ -26,6 +26,7 @@ Modules, in reading order:
     build       the whole dataset, atomically; noise index; meta.json
     cli         `python -m tireid_core.data.simpedes --params params.yaml --out data/simpedes`
 """
+from tireid_core.data.simpedes.atlas import ATLAS_REGIONS, REGION_PART, region_masks
 from tireid_core.data.simpedes.attributes import ATTRIBUTE_NAMES, ATTRIBUTE_TABLES, LABELS, PARTS, VIEWS
 from tireid_core.data.simpedes.body import expected_stripes
 from tireid_core.data.simpedes.build import GENERATOR_VERSION, generate, load_meta, noise_index, token_part_labels
@@ -33,9 +34,10 @@ from tireid_core.data.simpedes.cli import main
 from tireid_core.data.simpedes.files import content_hash
 from tireid_core.data.simpedes.identities import attribute_vector
 from tireid_core.data.simpedes.params import SimPEDESParams, validate
+from tireid_core.data.simpedes.render import visible_texels
 
 __all__ = [
-    "ATTRIBUTE_NAMES", "ATTRIBUTE_TABLES", "GENERATOR_VERSION", "LABELS", "PARTS", "SimPEDESParams", "VIEWS",
-    "attribute_vector", "content_hash", "expected_stripes", "generate", "load_meta", "main", "noise_index",
-    "token_part_labels", "validate",
+    "ATLAS_REGIONS", "ATTRIBUTE_NAMES", "ATTRIBUTE_TABLES", "GENERATOR_VERSION", "LABELS", "PARTS", "REGION_PART",
+    "SimPEDESParams", "VIEWS", "attribute_vector", "content_hash", "expected_stripes", "generate", "load_meta", "main",
+    "noise_index", "region_masks", "token_part_labels", "validate", "visible_texels",
 ]

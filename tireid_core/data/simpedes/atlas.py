@@ -22,6 +22,16 @@ REGION_PART = {"head_front": "head", "head_back": "head", "bag": "bag", "shoes":
                "legs_front": "lower", "legs_back": "lower"}
 
 
+def region_masks() -> dict[str, np.ndarray]:
+    """{region: ATLAS_H x ATLAS_W bool mask} of the layout's regions (the rest of the atlas is never rendered)."""
+    out = {}
+    for name, (y0, y1, x0, x1) in ATLAS_REGIONS.items():
+        mask = np.zeros((ATLAS_H, ATLAS_W), bool)
+        mask[y0:y1, x0:x1] = True
+        out[name] = mask
+    return out
+
+
 class Atlas:
     """RGB atlas plus a per-texel part label (straps belong to the bag, long hair to the head).
 

@@ -5,7 +5,7 @@ from __future__ import annotations
 
 import numpy as np
 
-from tireid_core.data.simpedes.atlas import Atlas
+from tireid_core.data.simpedes.atlas import ATLAS_H, ATLAS_W, Atlas
 from tireid_core.data.simpedes.attributes import LABELS
 from tireid_core.data.simpedes.body import body_map, person_box
 from tireid_core.data.simpedes.params import SimPEDESParams
@@ -107,3 +107,23 @@ def render(rng, atlas: Atlas, attrs, view, cam, p: SimPEDESParams, scale=1.0, sh
           "occlusion_box": None if occ is None else [int(v) for v in occ],
           "visibility": visibility, "visible_pixels": pixels}
     return out, gt
+
+
+def visible_texels(image: dict, attrs: dict, height: int, width: int) -> np.ndarray:
+    """The atlas texels (ATLAS_H x ATLAS_W bool) one rendered image shows: sampled by its body map, inside the frame
+    and outside its occluder. `image` is the image's meta.json entry (view, facing, person_box, occlusion_box),
+    `attrs` its identity's attributes, height x width the rendered image size. Everything else of the atlas (the back
+    of a person seen from the front, say) is invisible in that image: what a texture regressor has to hallucinate."""
+    y0, x0, y1, x1 = image["person_box"]
+    ay, ax, mask = body_map(image["view"], attrs["build"], attrs["bag_type"], attrs["lower_type"] == "skirt",
+                            y1 - y0, x1 - x0)
+    if image.get("facing") == "right":  # render() mirrors the side view's map for a person facing right
+        ay, ax, mask = ay[:, ::-1], ax[:, ::-1], mask[:, ::-1]
+    rows, cols = np.arange(y0, y1)[:, None], np.arange(x0, x1)[None, :]
+    shown = mask & (rows >= 0) & (rows < height) & (cols >= 0) & (cols < width)
+    if image.get("occlusion_box") is not None:
+        oy0, ox0, oy1, ox1 = image["occlusion_box"]
+        shown &= ~((rows >= oy0) & (rows < oy1) & (cols >= ox0) & (cols < ox1))
+    out = np.zeros((ATLAS_H, ATLAS_W), bool)
+    out[ay[shown], ax[shown]] = True
+    return out
