@@ -6,7 +6,7 @@ import nbformat
 import pytest
 
 from tireid_core.methods import available_methods
-from conftest import NB_EXTRA_KEYS
+from conftest import NB_EXTRA_KEYS, stand_in_overrides
 from tireid_core.run import execute_notebook
 from tireid_core.runs import RunMissing, load_run
 
@@ -67,7 +67,7 @@ def test_notebooks_train_nothing():
 
 def _method_sets(method, tmp_path, root, stand_ins):
     return [f"{method}.out_dir={tmp_path / method}", f"{method}.data.root={root}",
-            f"{method}.model.pretrained={stand_ins['image']}", f"{method}.model.text_model={stand_ins['text']}"]
+            *stand_in_overrides(method, stand_ins)]
 
 
 def _sets(tmp_path, root, stand_ins):
