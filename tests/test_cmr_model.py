@@ -74,6 +74,7 @@ def test_queries_read_the_words_only(tiny_clip_dir):
     model, _ = make(tiny_clip_dir)
     mask = torch.tensor([[1, 1, 1, 1, 0], [1, 1, 0, 0, 0]], dtype=torch.bool)  # SOT w w EOS pad; SOT EOS (no word)
     assert model.word_keys(mask).tolist() == [[False, True, True, False, False], [False, True, False, False, False]]
+    assert model.word_positions(mask).tolist() == [[False, True, True, False, False], [False] * 5]
     wide, _ = make(tiny_clip_dir, "cmr.cmr.decoder_keys=with_global")
     assert torch.equal(wide.word_keys(mask), mask)
 
@@ -174,3 +175,37 @@ def test_split_commonality_scores_every_caption_and_its_image(tiny_clip_dir):
 def test_bad_switches_name_their_key(sets, message):
     with pytest.raises(ParamsError, match=message):
         load_run_params("cmr", REPO / "params.yaml", profile="tiny", sets=sets)
+
+
+def test_attention_mass_per_part_by_hand():
+    from tireid_core.models.cmr import assign_parts, image_part_mass, text_part_mass
+
+    parts = ["head", "upper"]
+    # one caption "SOT w1 w2 w3 EOS pad": words head, upper, none; two queries
+    attention = torch.tensor([[[0.0, 0.6, 0.3, 0.1, 0.0, 0.0], [0.0, 0.1, 0.8, 0.1, 0.0, 0.0]]])
+    words = torch.tensor([[False, True, True, True, False, False]])
+    mass, share = text_part_mass(attention, words, [["head", "upper", "none", "upper"]], parts)  # last label cut off
+    assert mass[0].flatten().tolist() == pytest.approx([0.6, 0.3, 0.1, 0.8])
+    assert share[0].tolist() == pytest.approx([1 / 3, 1 / 3])
+    assert assign_parts(mass, share, parts) == ["head", "upper"]
+    maps = torch.zeros(1, 2, 4, 2)  # 4 patch rows: head row 0, upper rows 1-2
+    maps[0, 0, 0, 0] = 0.5
+    maps[0, 0, 3, 0] = 0.5
+    maps[0, 1, 1:3] = 0.25  # 4 patches
+    mass, share = image_part_mass(maps, {"head": [0], "upper": [1, 2]}, parts)
+    assert mass[0].flatten().tolist() == pytest.approx([0.5, 0.0, 0.0, 1.0]) and share.tolist() == [0.25, 0.5]
+    # lift: query 0 puts 0.5 on a quarter of the rows (x2), query 1 all on half of them (x2 for upper)
+    assert assign_parts(mass, share, parts) == ["head", "upper"]
+
+
+def test_batch_margins_stay_between_the_floor_and_the_margin(tiny_clip_dir):
+    from tireid_core.models.cmr import batch_margins
+
+    model, params = make(tiny_clip_dir)
+    batch = batch_of(tiny_clip_dir)
+    with torch.no_grad():
+        gallery, queries = model.eval().encode_images(batch["image"][:3]), model.encode_texts(batch)
+    out = batch_margins(model, gallery, queries, [0, 0, 1, 1, 2, 2], [0, 0, 1, 1, 2, 2], batch_size=4, n_batches=3)
+    assert {k: tuple(v.shape) for k, v in out.items()} == {k: (4, 12) for k in ("s_img", "s_txt", "m_img", "m_txt")}
+    assert ((out["m_txt"] >= 0.05 - 1e-7) & (out["m_txt"] <= 0.2 + 1e-7)).all()
+    assert torch.allclose(out["m_img"], (0.2 * out["s_img"]).clamp(min=0.05))

@@ -31,7 +31,8 @@ import torch.nn as nn
 import torch.nn.functional as F
 
 from tireid_core.distributed import gather_with_grad
-from tireid_core.losses import cmr_loss, id_loss, part_commonality, ranking_loss, sdm_loss
+from tireid_core.losses import (cmr_loss, commonality_margins, commonality_scores, id_loss, part_commonality,
+                                ranking_loss, sdm_loss)
 from tireid_core.methods import Method, MethodModel
 from tireid_core.metrics import cosine_similarity
 from tireid_core.models.clip import create_clip
@@ -219,19 +220,23 @@ class CMR(MethodModel):
         keep = torch.ones(keys.shape[:2], dtype=torch.bool, device=keys.device)
         return self._with_parts({"global": tokens[:, 0]}, keys, keep, "image", need_weights)
 
+    def word_positions(self, mask: torch.Tensor) -> torch.Tensor:
+        """B×L: the real tokens between the start and the end of text (the caption's words)."""
+        rows = torch.arange(len(mask), device=mask.device)
+        words = mask.bool().clone()
+        words[:, 0] = False
+        words[rows, self.text_encoder.eos_index(mask)] = False
+        return words
+
     def word_keys(self, mask: torch.Tensor) -> torch.Tensor:
         """Which text tokens the queries read: the words (start and end of text left out, unless decoder_keys is
         with_global); a caption without any word reads its end-of-text token."""
-        mask = mask.bool()
         if self.c.decoder_keys == "with_global":
-            return mask
-        eos = self.text_encoder.eos_index(mask)
-        keep = mask.clone()
-        keep[:, 0] = False
-        keep[torch.arange(len(mask), device=mask.device), eos] = False
-        fallback = torch.zeros_like(keep)
-        fallback[torch.arange(len(mask), device=mask.device), eos] = True
-        return torch.where(keep.any(1, keepdim=True), keep, fallback)
+            return mask.bool()
+        words = self.word_positions(mask)
+        fallback = torch.zeros_like(words)
+        fallback[torch.arange(len(mask), device=mask.device), self.text_encoder.eos_index(mask)] = True
+        return torch.where(words.any(1, keepdim=True), words, fallback)
 
     def text_features(self, ids: torch.Tensor, mask: torch.Tensor, need_weights: bool = False):
         tokens = self.text_encoder(ids, mask)  # B × L × d
@@ -374,7 +379,8 @@ def decoder_attention(model: CMR, images: torch.Tensor | None = None, text: dict
     """Cross-attention of every query (averaged over heads), as the test-time forward computes it.
 
     images -> "image": B×N×h×w weights of the patches (the CLS weight, with decoder_keys with_global, left out);
-    text -> "text": B×N×L weights of the token positions (0 where a token is not read) and "keys": B×L read positions.
+    text -> "text": B×N×L weights of the token positions (0 where a token is not read), "keys": B×L the positions
+    read, "words": B×L the caption's word positions (between start and end of text).
     """
     was_training = model.training
     model.eval()
@@ -389,7 +395,7 @@ def decoder_attention(model: CMR, images: torch.Tensor | None = None, text: dict
     if text is not None:
         ids, mask = text["ids"].to(device), text["mask"].to(device)
         _, attention = model.text_features(ids, mask, need_weights=True)
-        out["text"], out["keys"] = attention.cpu(), model.word_keys(mask).cpu()
+        out["text"], out["keys"], out["words"] = attention.cpu(), model.word_keys(mask).cpu(), model.word_positions(mask).cpu()
     model.train(was_training)
     return out
 
@@ -403,6 +409,90 @@ def split_commonality(model: CMR, gallery: dict, queries: dict, caption_image: l
     txt, labels = queries["fine"], torch.as_tensor(pids)
     per_part = [part_commonality(img[:, k], txt[:, k], labels, definition) for k in range(txt.shape[1])]
     return torch.stack([p[0] for p in per_part]), torch.stack([p[1] for p in per_part])
+
+
+def batch_margins(model: CMR, gallery: dict, queries: dict, caption_image: list[int], pids: list[int], *,
+                  batch_size: int, n_batches: int, seed: int = 0) -> dict[str, torch.Tensor]:
+    """What L_CMR would set on batches of a split: `n_batches` random batches of `batch_size` (caption, its image)
+    pairs; per fine query the scores s and margins m̃ of every image and caption anchor ({"s_img", "s_txt", "m_img",
+    "m_txt"}, each N_f × n_batches·batch_size). H4_bank reads the whole split as its memory."""
+    c = model.c
+    img_all = gallery["fine"][torch.as_tensor(caption_image)].float()
+    txt_all, pid_all = queries["fine"].float(), torch.as_tensor(pids)
+    g = torch.Generator().manual_seed(seed)
+    out = {key: [] for key in ("s_img", "s_txt", "m_img", "m_txt")}
+    for _ in range(n_batches):
+        idx = torch.randperm(len(pid_all), generator=g)[:batch_size]
+        rows = {key: [] for key in out}
+        for k in range(txt_all.shape[1]):
+            bank = (img_all[:, k], txt_all[:, k], pid_all) if c.commonality == "H4_bank" else None
+            cs = part_commonality(img_all[idx, k], txt_all[idx, k], pid_all[idx], c.commonality, bank)
+            for side, value in zip(("img", "txt"), cs):
+                score = commonality_scores(value, c.score_norm)
+                rows[f"s_{side}"].append(score)
+                rows[f"m_{side}"].append(commonality_margins(score, c.margin, c.margin_floor))
+        for key in out:
+            out[key].append(torch.stack(rows[key]))
+    return {key: torch.cat(v, dim=1) for key, v in out.items()}
+
+
+def text_part_mass(attention: torch.Tensor, words: torch.Tensor, labels: list[list[str]], parts: list[str]):
+    """Attention mass of every query on the words of each body part, caption by caption.
+
+    attention: captions × queries × positions and words: captions × positions (`decoder_attention(...)["text"]` and
+    `["words"]`); labels: the part label of each caption's tokens in order, without the added start and end
+    (analysis.tokenized_part_labels; those a cut caption lost are ignored). Returns (mass captions × queries × parts,
+    share captions × parts): `share` is the part's fraction of the caption's words, the mass a query spreading its
+    attention evenly over the words would put there."""
+    n, q = attention.shape[:2]
+    mass, share = torch.zeros(n, q, len(parts)), torch.zeros(n, len(parts))
+    for i, labs in enumerate(labels):
+        read = attention[i][:, words[i]]  # the word positions that survived truncation, in order
+        labs = labs[:read.shape[1]]
+        for j, part in enumerate(parts):
+            on = torch.tensor([lab == part for lab in labs], dtype=torch.bool)
+            mass[i, :, j] = read[:, on].sum(1)
+            share[i, j] = on.float().mean() if len(labs) else 0.0
+    return mass, share
+
+
+def image_part_mass(maps: torch.Tensor, rows: dict[str, list[int]], parts: list[str]):
+    """Attention mass of every query on the patch rows of each body part: maps images × queries × h × w
+    (`decoder_attention(...)["image"]`), rows: the patch rows each part covers (data.simpedes.expected_stripes(h)).
+    Returns (mass images × queries × parts, share parts: the part's fraction of the rows)."""
+    per_row = maps.sum(-1)  # images × queries × h
+    h = per_row.shape[-1]
+    mass = torch.stack([per_row[..., rows.get(part, [])].sum(-1) for part in parts], -1)
+    share = torch.tensor([len(rows.get(part, [])) / h for part in parts])
+    return mass, share
+
+
+def split_part_mass(model: CMR, exp, evalset, token_labels: list[list[str]], image_rows: dict[str, list[int]],
+                    parts: list[str], batch_size: int = 128) -> dict[str, tuple[torch.Tensor, torch.Tensor]]:
+    """The fine queries' attention mass per body part over a whole split, in batches: {"text": (mass, share) of every
+    caption (`text_part_mass`), "image": (mass, share) of every image (`image_part_mass`)}."""
+    fine = [k for k, name in enumerate(query_names(model)) if name.startswith("fine")]
+    collate, loader = exp.collate(), exp.image_loader(train=False)
+    text_mass, text_share, image_mass = [], [], []
+    for start in range(0, len(evalset.captions), batch_size):
+        chunk = slice(start, start + batch_size)
+        maps = decoder_attention(model, text=collate.tokenize(evalset.captions[chunk]))
+        mass, share = text_part_mass(maps["text"][:, fine], maps["words"], token_labels[chunk], parts)
+        text_mass.append(mass)
+        text_share.append(share)
+    for start in range(0, len(evalset.image_paths), batch_size):
+        images = torch.stack([loader(path) for path in evalset.image_paths[start:start + batch_size]])
+        mass, image_share = image_part_mass(decoder_attention(model, images=images)["image"][:, fine], image_rows,
+                                            parts)
+        image_mass.append(mass)
+    return {"text": (torch.cat(text_mass), torch.cat(text_share)), "image": (torch.cat(image_mass), image_share)}
+
+
+def assign_parts(mass: torch.Tensor, share: torch.Tensor, parts: list[str]) -> list[str]:
+    """Each query's body part: the one whose mass exceeds what even attention would give by the largest factor
+    (mean mass / mean share; mass samples × queries × parts, share samples × parts or parts)."""
+    lift = mass.mean(0) / share.reshape(-1, len(parts)).mean(0).clamp(min=1e-12)
+    return [parts[int(j)] for j in lift.argmax(1)]
 
 
 METHOD = Method("cmr", params=CMRRunParams, model=CMR)
