@@ -68,6 +68,10 @@ def test_ablation_switches_build_only_what_they_use(tiny_clip_dir):
     assert set(coarse_only(batch)) == {"sdm", "id", "coarse", "loss"}
     fine_fixed, _ = make(tiny_clip_dir, "cmr.cmr.use_coarse=false", "cmr.cmr.margin_mode=fixed")
     assert set(fine_fixed(batch)) == {"sdm", "id", "fine", "loss"}
+    depth_coarse, _ = make(tiny_clip_dir, "cmr.cmr.coarse_to_fine=decoder_depth", "cmr.cmr.use_fine=false")
+    assert len(depth_coarse.decoder.layers) == 1  # only the layers up to the coarse read-out (tiny: coarse_layer 1)
+    depth_coarse(batch)["loss"].backward()
+    assert all(p.grad is not None for p in depth_coarse.decoder.parameters())
 
 
 def test_queries_read_the_words_only(tiny_clip_dir):

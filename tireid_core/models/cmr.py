@@ -182,7 +182,10 @@ class CMR(MethodModel):
             n_queries = self.n_coarse_queries + (c.n_fine if c.use_fine else 0)
         else:  # the fine queries, also read at an intermediate layer (decoder_depth)
             n_queries = c.n_fine if c.use_fine or (c.use_coarse and c.coarse_to_fine == "decoder_depth") else 0
-        self.decoder = SharedDecoder(dim, n_queries, c.decoder_depth, c.decoder_heads) if n_queries else None
+        # decoder_depth without fine embeddings needs only the layers up to the coarse read-out (DDP refuses layers
+        # that get no gradient)
+        depth = c.coarse_layer if c.coarse_to_fine == "decoder_depth" and not c.use_fine else c.decoder_depth
+        self.decoder = SharedDecoder(dim, n_queries, depth, c.decoder_heads) if n_queries else None
         if c.use_fine and c.margin_mode == "commonality" and c.commonality == "H4_bank":
             # FIFO memory of the gathered batches' normalised fine embeddings (identical on every DDP rank)
             self.register_buffer("bank_img", torch.zeros(c.n_fine, c.bank_size, dim))
@@ -197,7 +200,7 @@ class CMR(MethodModel):
         depth_mode = c.coarse_to_fine == "decoder_depth"
         out, attention = self.decoder(tokens, keep, modality, need_weights=need_weights,
                                       also_layer=c.coarse_layer if depth_mode and c.use_coarse else None)
-        final, feats = out[c.decoder_depth], {}
+        final, feats = out[len(self.decoder.layers)], {}
         if c.use_coarse and c.coarse_to_fine != "global_plus_parts":
             feats["coarse"] = out[c.coarse_layer] if depth_mode else final[:, :self.n_coarse_queries]
         if c.use_fine:
