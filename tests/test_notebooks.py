@@ -93,7 +93,7 @@ def test_notebook_runs_on_tiny_profile(name, tiny_pipeline):
     errors = [o for c in nb.cells if c.cell_type == "code" for o in c.outputs if o.output_type == "error"]
     assert not errors
     assert (runs / "notebooks" / f"{name}.html").exists()
-    if name in ("baseline", "ssan", "nafs"):
+    if name in ("baseline", "ssan", "nafs", "cmr"):
         metrics = json.loads((runs / name / "full" / "metrics.json").read_text())
         assert 0 <= metrics["best"]["test"]["R@1"] <= 100
         assert (runs / name / "figures" / "retrieval.png").exists()
@@ -111,6 +111,12 @@ def test_notebook_runs_on_tiny_profile(name, tiny_pipeline):
         assert set(analysis) == {"rvn_r1_by_k", "official_rvn_shuffled_order_r1", "word_region_agreement"}
         assert set(analysis["word_region_agreement"]) == {"branch_2", "branch_3"}
         assert (runs / "nafs" / "analysis" / "figures" / "word_region_attention.png").exists()
+    if name == "cmr_analysis":
+        analysis = json.loads((runs / "cmr" / "analysis" / "analysis.json").read_text())
+        assert set(analysis) == {"text_part_attention", "cross_modal_part_agreement", "commonality_rank_correlation"}
+        for figure in ("commonality_histograms.png", "commonality_vs_frequency.png"):
+            assert (runs / "cmr" / "analysis" / "figures" / figure).exists()
+        assert "CMR (Park et al. 2024): numbers not available" in text
 
 
 def test_analysis_without_the_baseline_says_so(tmp_path):
