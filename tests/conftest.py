@@ -36,11 +36,11 @@ def tiny_simpedes(tmp_path_factory) -> Path:
 
 @pytest.fixture(scope="session")
 def tiny_stand_ins(tmp_path_factory, tiny_simpedes) -> dict[str, Path]:
-    """The tiny profile's pretrained stand-ins (image backbone file, BERT folder), made once per session from a
-    tiny separate draw, exactly as the pipeline's pretrain stages make them."""
+    """The tiny profile's pretrained stand-ins (image backbone file, BERT folder, CLIP folder), made once per session
+    from a tiny separate draw, exactly as the pipeline's pretrain stages make them."""
     from tireid_core.data.simpedes import SimPEDESParams, generate
     from tireid_core.params import load_section
-    from tireid_core.pretrain import load_pretrain_params, pretrain_image, pretrain_text
+    from tireid_core.pretrain import load_pretrain_params, pretrain_clip, pretrain_image, pretrain_text
 
     root = tmp_path_factory.mktemp("pretrain")
     section = dict(load_section("simpedes_pretrain", REPO / "params.yaml", profile="tiny"))
@@ -49,9 +49,25 @@ def tiny_stand_ins(tmp_path_factory, tiny_simpedes) -> dict[str, Path]:
     params, _ = load_pretrain_params(REPO / "params.yaml", profile="tiny")
     params.data, params.exclude = str(root / "draw"), str(tiny_simpedes)
     params.image.out, params.text.out = str(root / "resnet_small"), str(root / "bert_small")
+    params.clip.out = str(root / "clip_small")
     pretrain_image(params, root)
     pretrain_text(params, root)
-    return {"image": root / "resnet_small" / "backbone.pth", "text": root / "bert_small", "draw": root / "draw"}
+    pretrain_clip(params, root)
+    return {"image": root / "resnet_small" / "backbone.pth", "text": root / "bert_small", "clip": root / "clip_small",
+            "draw": root / "draw"}
+
+
+def stand_in_overrides(section: str, stand_ins: dict[str, Path], profile: str = "tiny") -> list[str]:
+    """`--set` values that point a method section at `stand_ins` wherever its `profile` parameters load a pipeline
+    stand-in (model.pretrained: the image backbone file; model.text_model: the BERT or CLIP folder)."""
+    from tireid_core.pretrain import load_pretrain_params
+
+    pretrain, _ = load_pretrain_params(REPO / "params.yaml", profile=profile)
+    params = load_run_params(section, REPO / "params.yaml", profile=profile)
+    files = {str(REPO / pretrain.image.out / "backbone.pth"): stand_ins["image"],
+             str(REPO / pretrain.text.out): stand_ins["text"], str(REPO / pretrain.clip.out): stand_ins["clip"]}
+    return [f"{section}.model.{key}={files[value]}" for key in ("pretrained", "text_model")
+            if isinstance(value := getattr(params.model, key), str) and value in files]
 
 
 @pytest.fixture(scope="session")
@@ -59,8 +75,7 @@ def stand_in_sets(tiny_stand_ins):
     """`--set` values pointing a method's tiny profile at the session's stand-ins: a clean checkout has no
     data/tiny/pretrained (the pipeline's tiny run makes it), so tests never read that folder."""
     def sets(section: str) -> list[str]:
-        return [f"{section}.model.pretrained={tiny_stand_ins['image']}",
-                f"{section}.model.text_model={tiny_stand_ins['text']}"]
+        return stand_in_overrides(section, tiny_stand_ins)
 
     return sets
 
@@ -110,6 +125,30 @@ def tiny_bert_dir(tmp_path, offline):
     # transformers 5 takes the vocabulary as a mapping (a vocab_file path silently gives [UNK] for everything)
     BertTokenizerFast(vocab={t: i for i, t in enumerate(tokens)}, do_lower_case=True).save_pretrained(model_dir)
     return model_dir
+
+
+@pytest.fixture
+def tiny_clip_dir(tmp_path, offline):
+    """A random 1-layer CLIP (16-wide towers, 4-pixel patches, an 8x8 position table) and a BPE tokenizer learnt from
+    a few captions, saved like any Hugging Face CLIP folder."""
+    from transformers import CLIPConfig, CLIPModel
+
+    from tireid_core.pretrain import build_clip_tokenizer
+
+    captions = [" ".join(WORDS), "a man in a red shirt, black pants and white shoes.", "a woman with long hair; bag."]
+    tokenizer = build_clip_tokenizer(captions * 3, vocab_size=400, max_positions=32)
+    config = CLIPConfig(
+        text_config={"vocab_size": len(tokenizer), "hidden_size": 16, "intermediate_size": 32, "num_hidden_layers": 1,
+                     "num_attention_heads": 2, "max_position_embeddings": 32, "bos_token_id": tokenizer.bos_token_id,
+                     "eos_token_id": tokenizer.eos_token_id, "pad_token_id": tokenizer.pad_token_id},
+        vision_config={"hidden_size": 16, "intermediate_size": 32, "num_hidden_layers": 1, "num_attention_heads": 2,
+                       "image_size": 32, "patch_size": 4},
+        projection_dim=16)
+    torch.manual_seed(0)
+    folder = tmp_path / "tiny-clip"
+    CLIPModel(config).save_pretrained(folder)
+    tokenizer.save_pretrained(folder)
+    return folder
 
 
 # What `make install` adds to nbstripout's git filter (NB_EXTRA_KEYS in the Makefile)

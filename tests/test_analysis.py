@@ -169,3 +169,17 @@ def test_metrics_table_orders_recall_by_rank_and_counts_epochs_from_one():
     table = analysis.metrics_table(summary)
     assert list(table.columns) == ["R@1", "R@5", "R@10", "mAP"]
     assert list(table.index) == ["best (epoch 1)", "last (epoch 3)"]
+
+
+def test_part_value_frequencies_count_equal_looks():
+    from tireid_core.analysis import part_value_frequencies
+
+    meta = {"part_attributes": {"lower": ["lower_type", "lower_colour"], "shoes": ["shoes_colour"]},
+            "identities": [
+                {"id": 1, "attributes": {"lower_type": "jeans", "lower_colour": "blue", "shoes_colour": "white"}},
+                {"id": 2, "attributes": {"lower_type": "jeans", "lower_colour": "blue", "shoes_colour": "black"}},
+                {"id": 3, "attributes": {"lower_type": "jeans", "lower_colour": "black", "shoes_colour": "black"}},
+                {"id": 4, "attributes": {"lower_type": "skirt", "lower_colour": "blue", "shoes_colour": "black"}}]}
+    freq = part_value_frequencies(meta)
+    assert freq[1] == {"lower": 0.5, "shoes": 0.25}  # blue jeans: 2 of 4; white shoes: 1 of 4
+    assert freq[3] == {"lower": 0.25, "shoes": 0.75}

@@ -148,7 +148,7 @@ def test_channels_last_run_uses_nhwc_weights(tiny_params, tmp_path):
     assert result["summary"]["best"]["test"]["R@1"] >= 0
 
 
-@pytest.mark.parametrize("method", ["baseline", "ssan", "nafs"])
+@pytest.mark.parametrize("method", ["baseline", "ssan", "nafs", "cmr"])
 def test_channels_last_gives_the_same_image_features(tiny_params, method):
     """NHWC is a layout, not a different model: stripes, pooling and heads see the same numbers."""
     exp = build_experiment(tiny_params(section=method))

@@ -96,7 +96,7 @@ def test_registry_finds_every_method_module_with_its_rows():
         get_method("nope")
 
 
-@pytest.mark.parametrize("method", ["baseline", "ssan", "nafs"])
+@pytest.mark.parametrize("method", ["baseline", "ssan", "nafs", "cmr"])
 def test_every_model_follows_the_contract(method, tiny_params):
     from tireid_core.experiment import build_experiment
 

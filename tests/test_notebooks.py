@@ -6,7 +6,7 @@ import nbformat
 import pytest
 
 from tireid_core.methods import available_methods, get_method
-from conftest import NB_EXTRA_KEYS
+from conftest import NB_EXTRA_KEYS, stand_in_overrides
 from tireid_core.run import execute_notebook
 from tireid_core.runs import RunMissing, load_run
 
@@ -67,7 +67,7 @@ def test_notebooks_train_nothing():
 
 def _method_sets(method, tmp_path, root, stand_ins):
     return [f"{method}.out_dir={tmp_path / method}", f"{method}.data.root={root}",
-            f"{method}.model.pretrained={stand_ins['image']}", f"{method}.model.text_model={stand_ins['text']}"]
+            *stand_in_overrides(method, stand_ins)]
 
 
 def _sets(tmp_path, root, stand_ins):
@@ -93,7 +93,7 @@ def test_notebook_runs_on_tiny_profile(name, tiny_pipeline):
     errors = [o for c in nb.cells if c.cell_type == "code" for o in c.outputs if o.output_type == "error"]
     assert not errors
     assert (runs / "notebooks" / f"{name}.html").exists()
-    if name in ("baseline", "ssan", "nafs", "san"):
+    if name in ("baseline", "ssan", "nafs", "san", "cmr"):
         metrics = json.loads((runs / name / "full" / "metrics.json").read_text())
         assert 0 <= metrics["best"]["test"]["R@1"] <= 100
         assert (runs / name / "figures" / "retrieval.png").exists()
@@ -119,6 +119,12 @@ def test_notebook_runs_on_tiny_profile(name, tiny_pipeline):
         assert set(analysis) == {"rvn_r1_by_k", "official_rvn_shuffled_order_r1", "word_region_agreement"}
         assert set(analysis["word_region_agreement"]) == {"branch_2", "branch_3"}
         assert (runs / "nafs" / "analysis" / "figures" / "word_region_attention.png").exists()
+    if name == "cmr_analysis":
+        analysis = json.loads((runs / "cmr" / "analysis" / "analysis.json").read_text())
+        assert set(analysis) == {"text_part_attention", "cross_modal_part_agreement", "commonality_rank_correlation"}
+        for figure in ("commonality_histograms.png", "commonality_vs_frequency.png"):
+            assert (runs / "cmr" / "analysis" / "figures" / figure).exists()
+        assert "CMR (Park et al. 2024): numbers not available" in text
 
 
 def test_analysis_without_the_baseline_says_so(tmp_path):

@@ -96,21 +96,59 @@ def test_stand_ins_load_through_the_papers_loading_code(tiny_stand_ins, tiny_sim
     assert len(attribute_classes()) == len(load_meta(tiny_simpedes)["attribute_names"])
 
 
+def test_clip_stand_in_loads_through_the_papers_loading_code(tiny_stand_ins):
+    """CMR's demo loads the CLIP stand-in as the paper configuration loads OpenAI's CLIP: transformers'
+    from_pretrained for the model (models/clip.py) and for its BPE tokenizer."""
+    import json
+
+    from tireid_core.data.tokenizers import HFTokenizer
+    from tireid_core.models.clip import create_clip
+
+    folder = tiny_stand_ins["clip"]
+    image_encoder, text_encoder = create_clip(str(folder), image_size=(48, 16))
+    tokenizer = HFTokenizer(str(folder))
+    ids, mask = tokenizer.encode_batch(["A woman in a red shirt, black shoes."], max_len=24)
+    words = ids[0, 1:int(mask.sum()) - 1].tolist()
+    assert ids[0, 0] == tokenizer.tokenizer.bos_token_id and tokenizer.tokenizer.eos_token_id not in words
+    with torch.no_grad():
+        assert image_encoder(torch.randn(1, 3, 48, 16)).shape == (1, 1 + 12 * 4, image_encoder.out_dim)
+        assert text_encoder(ids, mask).shape == (1, 24, text_encoder.out_dim)
+    report = json.loads((folder / "pretrain_report.json").read_text())
+    assert report["stand_in"] == "clip" and report["seconds"] >= 0
+    assert 0 <= report["history"][-1]["val_t2i_R@1"] <= 100 and report["val_captions"] > 0
+
+
+def test_clip_tokenizer_is_the_same_whenever_it_is_learnt():
+    from tireid_core.pretrain import build_clip_tokenizer
+
+    captions = ["a man in a red shirt, black pants.", "a woman with long blond hair and a blue backpack."] * 5
+    first, second = build_clip_tokenizer(captions, 600, 32), build_clip_tokenizer(captions, 600, 32)
+    assert first.get_vocab() == second.get_vocab()
+    assert first.convert_ids_to_tokens([0, 1]) == ["<|startoftext|>", "<|endoftext|>"]
+    assert first.convert_ids_to_tokens(first("backpack")["input_ids"])[1:-1] == ["backpack</w>"]
+
+
 @pytest.mark.parametrize("method", available_methods())
 def test_demo_loads_the_stand_ins_where_the_paper_loads_public_weights(method):
     demo, paper = load_run_params(method, REPO / "params.yaml"), load_run_params(method, REPO / "params.yaml",
                                                                                    profile="paper")
-    image_out = load_pretrain_params(REPO / "params.yaml")[0].image.out
-    text_out = load_pretrain_params(REPO / "params.yaml")[0].text.out
-    assert paper.model.pretrained is True and demo.model.pretrained == str(REPO / image_out / "backbone.pth")
+    outs = load_pretrain_params(REPO / "params.yaml")[0]
+    if paper.model.image_backbone == "clip":  # CMR: both towers of one CLIP checkpoint, OpenAI's or the stand-in
+        assert paper.model.text_model == "openai/clip-vit-base-patch16"
+        assert demo.model.text_model == str(REPO / outs.clip.out)
+        assert paper.model.pretrained is demo.model.pretrained is True and demo.model.text_pretrained
+        assert demo.model.text_encoder == paper.model.text_encoder == "clip"
+    else:
+        assert paper.model.pretrained is True and demo.model.pretrained == str(REPO / outs.image.out / "backbone.pth")
     if paper.model.text_encoder == "bert":
         assert demo.model.text_encoder == "bert" and demo.model.text_pretrained
-        assert demo.model.text_model == str(REPO / text_out)
-    else:  # SSAN: word embeddings and Bi-LSTM from scratch, as in the paper
+        assert demo.model.text_model == str(REPO / outs.text.out)
+    elif paper.model.text_encoder == "bilstm":  # SSAN: word embeddings and Bi-LSTM from scratch, as in the paper
         assert demo.model.text_encoder == paper.model.text_encoder
-    # the papers train pretrained parts at 0.1 lr (SAN's official code: every layer at one lr, docs/san.md §4); the
-    # demo's much weaker stand-ins train at the full rate (on val, 0.1 left every row far behind: README "Budgets")
-    assert paper.train.backbone_lr_mult == {"san": 1.0}.get(method, 0.1) and demo.train.backbone_lr_mult == 1.0
+    # the papers train pretrained parts slower (0.1 lr; CMR's PLOT recipe 0.05; SAN's official code: every layer at one
+    # lr, docs/san.md §4); the demo's much weaker stand-ins train at the full rate (on val, 0.1 left every row far
+    # behind: README "Budgets")
+    assert paper.train.backbone_lr_mult == {"san": 1.0, "cmr": 0.05}.get(method, 0.1) and demo.train.backbone_lr_mult == 1.0
 
 
 SHARED_RECIPE = ("epochs", "batch_size", "lr", "schedule", "warmup_epochs", "backbone_lr_mult")

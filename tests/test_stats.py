@@ -206,3 +206,17 @@ def test_paired_difference_is_deterministic_and_accepts_tensors():
 def test_paired_difference_needs_equal_lengths():
     with pytest.raises(ValueError, match="a has 3 values, b has 2"):
         paired_bootstrap_difference([0.0, 1.0, 1.0], [0.0, 1.0])
+
+
+def test_spearman_and_its_cluster_bootstrap():
+    from tireid_core.stats import bootstrap_rank_correlation, spearman
+
+    # ranks (1, 2, 3, 4) vs (1, 3, 2, 4): 1 - 6 * 2 / (4 * 15) = 0.8
+    assert spearman([10, 20, 30, 40], [1, 3, 2, 4]) == pytest.approx(0.8)
+    assert spearman([1, 1, 1], [1, 2, 3]) != spearman([1, 1, 1], [1, 2, 3])  # NaN: a constant side has no ranks
+    x = np.arange(40.0)
+    y = x + np.tile([0.0, 5.0], 20)
+    r = bootstrap_rank_correlation(x, y, groups=np.arange(40) // 4, n_resamples=200)
+    assert r["low"] <= r["rho"] <= r["high"] and r["rho"] > 0.9 and r["n"] == 40
+    with pytest.raises(ValueError, match="groups has 3 labels"):
+        bootstrap_rank_correlation(x, y, groups=[0, 1, 2])

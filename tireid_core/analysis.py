@@ -53,7 +53,8 @@ def plot_history(history: list[dict]):
     """Training loss terms and validation R@1 / mAP per epoch."""
     df = history_frame(history)
     fig, (a, b) = plt.subplots(1, 2, figsize=(10, 3.2))
-    df[[c for c in df.columns if c.startswith("train/")]].plot(ax=a, marker="o")
+    # train/diag_* are logged diagnostics (CMR's margins), not loss terms
+    df[[c for c in df.columns if c.startswith("train/") and not c.startswith("train/diag_")]].plot(ax=a, marker="o")
     a.set_title("training losses")
     vals = [c for c in ("val/R@1", "val/mAP", "test/R@1", "test/mAP") if c in df.columns]
     if vals:
@@ -214,6 +215,20 @@ def attribute_frequency_figure(meta: dict, attributes: list[str]):
     return fig
 
 
+def part_value_frequencies(meta: dict) -> dict[int, dict[str, float]]:
+    """For every identity and body part, the share of the dataset's identities whose part looks the same (equal values
+    of all the part's attributes, e.g. lower = (trousers, black)): how common that person's part is. The ground truth
+    CMR's learned commonality is scored against."""
+    from collections import Counter
+
+    parts = meta["part_attributes"]
+    values = {ident["id"]: {part: tuple(ident["attributes"][a] for a in names) for part, names in parts.items()}
+              for ident in meta["identities"]}
+    counts = {part: Counter(v[part] for v in values.values()) for part in parts}
+    n = len(values)
+    return {pid: {part: counts[part][v[part]] / n for part in parts} for pid, v in values.items()}
+
+
 def query_tokens_and_part_labels(root: str | Path, evalset) -> tuple[list[list[str]], list[list[str]]]:
     """SimPEDES's processed tokens and per-token part labels of every query of a split (the generator's own lookup)."""
     from tireid_core.data.simpedes import load_meta, token_part_labels
@@ -298,6 +313,33 @@ def word_part_agreement(gates: list, labels: list[list[str]], expected: dict[str
     return {"agreement": float(np.mean(hits)) if hits else float("nan"),
             "chance": float(np.mean(chance)) if chance else float("nan"),
             "n_words": len(hits), "mean_gates": table}
+
+
+def query_attention_figure(image, maps, names: list[str], tokens: list[str], token_weights, title: str = ""):
+    """One sample's attention per query in both modalities: the image with each query's patch weights (h×w, upsampled
+    to the image) laid over it, and below a queries × tokens heat map of the caption."""
+    import numpy as np
+
+    maps = torch.as_tensor(maps, dtype=torch.float32)
+    height, width = np.asarray(image).shape[:2]
+    up = torch.nn.functional.interpolate(maps[:, None], size=(height, width), mode="bilinear", align_corners=False)
+    fig = plt.figure(figsize=(max(1.1 * (len(names) + 1), 0.32 * len(tokens) + 2), 6.2))
+    grid = fig.add_gridspec(2, len(names) + 1, height_ratios=[1.4, 1])
+    ax = fig.add_subplot(grid[0, 0])
+    ax.imshow(image)
+    ax.set_title("image", fontsize=7)
+    ax.axis("off")
+    for k, name in enumerate(names):
+        ax = fig.add_subplot(grid[0, k + 1])
+        ax.imshow(image)
+        ax.imshow(up[k, 0].numpy(), cmap="jet", alpha=0.5)
+        ax.set_title(name, fontsize=7)
+        ax.axis("off")
+    heatmap_figure(np.asarray(token_weights), names, tokens, "caption: weight of each token per query",
+                   ax=fig.add_subplot(grid[1, :]))
+    fig.suptitle(title, fontsize=9)
+    fig.tight_layout()
+    return fig
 
 
 def heatmap_figure(matrix, row_labels: list[str], col_labels: list[str], title: str, ax=None):

@@ -101,9 +101,10 @@ def drop_wordless_captions(pairs: list) -> list:
 
 
 def build_tokenizer(params: RunParams, train_captions: list[str], cls_sep: bool):
-    """Word vocabulary from training captions (Bi-LSTM / small transformer) or a BERT tokenizer."""
+    """Word vocabulary from training captions (Bi-LSTM / small transformer), or the tokenizer saved with a BERT or
+    CLIP checkpoint."""
     m = params.model
-    if m.text_encoder == "bert":
+    if m.text_encoder in ("bert", "clip"):
         return HFTokenizer(m.text_model)
     vocab = WordVocab.build([word_tokens(c) for c in train_captions], min_count=m.word_min_count)
     return WordTokenizer(vocab, cls_sep=cls_sep)

@@ -148,12 +148,16 @@ def ranking_hinges(
     anchor_ok: torch.Tensor | None = None,
     generator: torch.Generator | None = None,
     fallback_anchor: str = "last_eligible",
+    hinge_margin: torch.Tensor | None = None,
 ) -> torch.Tensor:
     """Hinge values of one direction of SSAN's ranking loss, with the official "never empty" fallback.
 
     Anchor a has positive similarity `pos[a]`, candidate negatives `neg[a, :]` (those with `valid[a, j]`)
     and margin `margin[a]`. Returns the 1-D tensor of hinges ℓ_aj = neg_aj − pos_a + margin_a of the
-    triplets chosen by `semi_hard_triplets` (all in (0, margin_a), so no clamp is needed). Fallback
+    triplets chosen by `semi_hard_triplets` (all in (0, margin_a), so no clamp is needed). With
+    `hinge_margin` (per anchor, CMR's rescaled margins m̃_a, docs/cmr.md §3.2) the triplets are still mined with
+    `margin`, and the returned hinges are [neg_aj − pos_a + m̃_a]₊ (clamped: a smaller margin can make them
+    negative). Fallback
     (docs/ssan.md §3.2): when no anchor yields a triplet, one triplet is used, the *last* anchor with its
     *first* valid negative (lowest index), and its hinge is clamped, [ℓ]₊: 0 (but still in the graph)
     when that negative is easy, ≥ margin when it is hard. "Last anchor" means the last one that could
@@ -167,8 +171,11 @@ def ranking_hinges(
     """
     hinge = neg - pos[:, None] + margin[:, None]
     idx = semi_hard_triplets(hinge, valid, margin, anchor_ok=anchor_ok, generator=generator)
+    if hinge_margin is not None:  # mined with `margin` (above), hinged with m̃ (here and in the fallback)
+        hinge = neg - pos[:, None] + hinge_margin[:, None]
     if idx.shape[0] > 0:
-        return hinge[idx[:, 0], idx[:, 1]]
+        chosen = hinge[idx[:, 0], idx[:, 1]]
+        return chosen if hinge_margin is None else chosen.clamp_min(0.0)
     eligible = valid.any(dim=1) if anchor_ok is None else valid.any(dim=1) & anchor_ok
     anchors = eligible.nonzero(as_tuple=True)[0]
     if anchors.numel() == 0:
@@ -394,3 +401,162 @@ def decoder_triplet_loss(maps: torch.Tensor, anchors: torch.Tensor, positives: t
         return (maps[i] - maps[j]).pow(2).flatten(1).mean(1)
 
     return F.relu(d(anchors, positives) - d(anchors, negatives) + margin).sum()
+
+
+# ------------------------------------------------------------------ IRRA's SDM and CMR's ranking losses
+
+def sdm_loss(image_feats: torch.Tensor, text_feats: torch.Tensor, pids: torch.Tensor, *, tau: float = 0.02,
+             eps: float = 1e-8) -> torch.Tensor:
+    """Similarity Distribution Matching (IRRA, Jiang & Ye 2023; docs/cmr.md §3.3), both directions summed.
+
+    S = cosines of the L2-normalised features over the batch, divided by the temperature τ; per row softmax(S_i) is
+    matched to the same-identity distribution q_i (`matching_target`, l1) by KL(p_i ‖ q_i) with ε inside the log,
+    mean over rows (`matching_kl`); image→text plus text→image. Unlike CMPM both sides are normalised and τ sharpens.
+    """
+    s = F.normalize(image_feats, dim=1) @ F.normalize(text_feats, dim=1).t() / tau
+    q = matching_target(pids, pids, "l1")  # symmetric: also the target of the text rows
+    return matching_kl(s, q, eps) + matching_kl(s.t(), q, eps)
+
+
+def ranking_loss(
+    img: torch.Tensor,
+    txt: torch.Tensor,
+    pids: torch.Tensor,
+    *,
+    margin: float = 0.2,
+    anchor_margins: tuple[torch.Tensor, torch.Tensor] | None = None,
+    anchor_ok: tuple[torch.Tensor, torch.Tensor] | None = None,
+    generator: torch.Generator | None = None,
+) -> torch.Tensor:
+    """Bidirectional semi-hard ranking loss (the SSAN → PLOT lineage, docs/cmr.md §3.1): sum of the hinges.
+
+    img, txt: B×D pairs; S_ij = cos(img_i, txt_j) (eps 1e-8). The positive of anchor i is its own pair (the
+    diagonal), its negatives the samples of other identities. Image anchors rank captions (rows of S), caption anchors
+    rank images (rows of Sᵀ); each anchor gets one semi-hard negative, 0 < S_ij − S_ii + m < m, drawn uniformly, and
+    anchors without one are skipped, with one fallback triplet when a direction mines none (`ranking_hinges`).
+
+    anchor_margins: None (the fixed margin m), or (m̃ of the image anchors, m̃ of the caption anchors), each B: mining
+    still uses m, the hinges use m̃ (L_CMR, `cmr_loss`). anchor_ok: None, or (image, caption) B-masks of the anchors
+    allowed to mine. Mining draws two B×B uniform matrices from `generator` (image anchors first). A batch of one
+    identity has no negatives: the result is a zero that keeps a grad_fn.
+    """
+    pids = pids.reshape(-1).to(img.device)
+    valid = pids[:, None] != pids[None, :]  # symmetric: also caption anchors × image negatives
+    if not bool(valid.any()):
+        return (img.sum() + txt.sum()) * 0.0 + 0.0
+    s = F.normalize(img, dim=1, eps=1e-8) @ F.normalize(txt, dim=1, eps=1e-8).t()
+    pos = s.diagonal()
+    m = torch.full_like(pos, margin)
+    hinge_m = anchor_margins if anchor_margins is not None else (None, None)
+    ok = anchor_ok if anchor_ok is not None else (None, None)
+    return torch.cat([
+        ranking_hinges(pos, s, valid, m, anchor_ok=ok[0], generator=generator, hinge_margin=hinge_m[0]),
+        ranking_hinges(pos, s.t(), valid, m, anchor_ok=ok[1], generator=generator, hinge_margin=hinge_m[1]),
+    ]).sum()
+
+
+COMMONALITY = ("H1_intra", "H2_cross", "H3_rank", "H4_bank")
+SCORE_NORMS = ("minmax", "clip", "none")
+
+
+def _mean_where(values: torch.Tensor, mask: torch.Tensor) -> torch.Tensor:
+    """Row means of `values` over the True entries of `mask`; NaN for a row without any."""
+    count = mask.sum(1)
+    total = torch.where(mask, values, torch.zeros_like(values)).sum(1)
+    return torch.where(count > 0, total / count.clamp(min=1), torch.full_like(total, float("nan")))
+
+
+@torch.no_grad()
+def part_commonality(
+    img: torch.Tensor,
+    txt: torch.Tensor,
+    pids: torch.Tensor,
+    definition: str = "H1_intra",
+    bank: tuple[torch.Tensor, torch.Tensor, torch.Tensor] | None = None,
+) -> tuple[torch.Tensor, torch.Tensor]:
+    """Commonality c of one body part for every image anchor and every caption anchor (docs/cmr.md §3.2).
+
+    img, txt: B×D embeddings of the same part (query k) of each image and its caption; pids: B. Computed without
+    gradient (the margins it sets are constants of the loss). The definitions (our reconstruction):
+    - H1_intra: mean cosine to the part of the other-identity samples of the anchor's own modality;
+    - H2_cross: the same against the other modality (image anchors against captions, caption anchors against images);
+    - H3_rank: the share of the other modality's other-identity samples that are more similar to the anchor than its
+      own pair (S_ij > S_ii): a rank, free of the similarity scale;
+    - H4_bank: H1_intra against a memory bank (bank_img Q×D, bank_txt Q×D, bank_pids Q; pid < 0 marks an empty slot)
+      that spans many batches: dataset-level instead of batch-level commonality.
+    Returns (c_img, c_txt), each B; NaN for an anchor without any other-identity sample.
+    """
+    if definition not in COMMONALITY:
+        raise ValueError(f"commonality must be one of {COMMONALITY}, got {definition!r}")
+    img_u, txt_u = F.normalize(img.detach().float(), dim=1), F.normalize(txt.detach().float(), dim=1)
+    pids = pids.reshape(-1).to(img.device)
+    if definition == "H4_bank":
+        if bank is None:
+            raise ValueError("commonality H4_bank needs a memory bank (bank_img, bank_txt, bank_pids)")
+        bank_img, bank_txt, bank_pids = bank
+        other = (bank_pids[None, :] >= 0) & (bank_pids[None, :] != pids[:, None])
+        return (_mean_where(img_u @ F.normalize(bank_img.float(), dim=1).t(), other),
+                _mean_where(txt_u @ F.normalize(bank_txt.float(), dim=1).t(), other))
+    other = pids[:, None] != pids[None, :]
+    if definition == "H1_intra":
+        return _mean_where(img_u @ img_u.t(), other), _mean_where(txt_u @ txt_u.t(), other)
+    s = img_u @ txt_u.t()
+    if definition == "H2_cross":
+        return _mean_where(s, other), _mean_where(s.t(), other)
+    pos = s.diagonal()[:, None]
+    return _mean_where((s > pos).float(), other), _mean_where((s.t() > pos).float(), other)
+
+
+def commonality_scores(c: torch.Tensor, norm: str = "minmax") -> torch.Tensor:
+    """s = normalised (1 − c) of one part's anchors: common parts (high c) get a small s (docs/cmr.md §3.2).
+
+    minmax: (s − min)/(max − min) over the anchors (the most common anchor 0, the most distinctive 1); clip: 1 − c
+    clipped to [0, 1]; none: 1 − c unchanged. An undefined commonality (NaN: no other identity in the batch) gives
+    s = 1 (the full margin), and so does every anchor under minmax when all are equal (nothing to rank).
+    """
+    if norm not in SCORE_NORMS:
+        raise ValueError(f"score_norm must be one of {SCORE_NORMS}, got {norm!r}")
+    s = 1.0 - c
+    known = ~torch.isnan(s)
+    if norm == "clip":
+        s = s.clamp(0.0, 1.0)
+    elif norm == "minmax" and bool(known.any()):
+        lo, hi = s[known].min(), s[known].max()
+        s = (s - lo) / (hi - lo) if float(hi - lo) > 1e-12 else torch.ones_like(s)
+    return torch.where(known, s, torch.ones_like(s))
+
+
+def commonality_margins(s: torch.Tensor, margin: float = 0.2, floor: float = 0.05) -> torch.Tensor:
+    """CMR's per-anchor margin m̃ = max(m · s, floor) (the form of PLOT's unused `calculate_loss_local`)."""
+    return (margin * s).clamp(min=floor)
+
+
+def cmr_loss(
+    img: torch.Tensor,
+    txt: torch.Tensor,
+    pids: torch.Tensor,
+    *,
+    margin: float = 0.2,
+    floor: float = 0.05,
+    commonality: str = "H1_intra",
+    score_norm: str = "minmax",
+    bank: tuple[torch.Tensor, torch.Tensor, torch.Tensor] | None = None,
+    gate: float | None = None,
+    generator: torch.Generator | None = None,
+) -> tuple[torch.Tensor, tuple[torch.Tensor, torch.Tensor]]:
+    """L_CMR, the commonality-based margin ranking loss, on one fine part (Park et al. 2024; docs/cmr.md §3.2).
+
+    The ranking loss of `ranking_loss` with a margin lowered for common parts, so that two people who share, say, the
+    same black trousers are not pushed apart as hard on the trousers as on a rare red hat. Per anchor (image and
+    caption anchors separately): commonality c (`part_commonality`, gradient-free) → score s (`commonality_scores`)
+    → margin m̃ = max(m · s, floor) (`commonality_margins`); negatives are mined with the unscaled m, the hinges
+    use m̃. gate: None, or anchors with m̃ < gate do not mine (the lineage's 0.16 gate; off by default, docs/cmr.md
+    §7 item 3). Returns (loss, (m̃ of the image anchors, m̃ of the caption anchors)); the margins are for logging.
+    """
+    c_img, c_txt = part_commonality(img, txt, pids, commonality, bank)
+    m_img = commonality_margins(commonality_scores(c_img, score_norm), margin, floor)
+    m_txt = commonality_margins(commonality_scores(c_txt, score_norm), margin, floor)
+    ok = None if gate is None else (m_img >= gate, m_txt >= gate)
+    loss = ranking_loss(img, txt, pids, margin=margin, anchor_margins=(m_img, m_txt), anchor_ok=ok,
+                        generator=generator)
+    return loss, (m_img, m_txt)

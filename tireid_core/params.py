@@ -36,7 +36,8 @@ class DataParams:
     height: int = 96
     width: int = 32
     hflip: bool = True  # random horizontal flip during training
-    normalize: Literal["imagenet", "half"] = "imagenet"  # "half": mean = std = 0.5 per channel (SSAN's code)
+    normalize: Literal["imagenet", "half", "clip"] = "imagenet"  # "half": mean = std = 0.5 per channel (SSAN's code);
+    # "clip": CLIP's statistics
     max_words: int = 48  # tokens per caption, special tokens included
     # Support sets: each training sample also carries K captions of *other* images of its identity and K other images
     # of its identity (SSAN's weak caption is support_captions = 1; LCR²S uses both). Identities with too few:
@@ -61,14 +62,16 @@ class DataParams:
 
 @dataclass
 class ModelParams:
-    image_backbone: Literal["resnet_small", "resnet50"] = "resnet_small"
+    # clip: the vision tower of the CLIP checkpoint named by text_model (models/clip.py; with text_encoder: clip)
+    image_backbone: Literal["resnet_small", "resnet50", "clip"] = "resnet_small"
     backbone_widths: list[int] | None = None  # resnet_small only
-    pretrained: bool | str = False  # True = ImageNet weights through torchvision; or a local .pth path
+    pretrained: bool | str = False  # True = ImageNet weights through torchvision (clip: the checkpoint's vision
+    # weights); or a local .pth path
     last_stride: int = 2
-    text_encoder: Literal["bilstm", "transformer", "bert"] = "bilstm"
+    text_encoder: Literal["bilstm", "transformer", "bert", "clip"] = "bilstm"
     text_model: str = "bert-base-uncased"  # hub name, or a local folder written by save_pretrained ("./..." is
-    # relative to the params file), for text_encoder=bert
-    text_pretrained: bool = True  # for text_encoder=bert
+    # relative to the params file), for text_encoder=bert or clip (a CLIPModel and its tokenizer)
+    text_pretrained: bool = True  # for text_encoder=bert or clip
     bert_dropout: float | None = None  # BERT's hidden and attention dropout; None keeps its config's (0.1 in BERT-base)
     word_min_count: int = 2  # vocabulary for bilstm/transformer
     word_embed_dim: int = 128

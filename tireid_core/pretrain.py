@@ -7,14 +7,17 @@ pipeline makes the equivalents itself, from a *separate* SimPEDES draw (its own 
 - ``image``: the demo backbone trained to classify the generator's part attributes (hair colour, upper-body type,
   shoe colour, ...) from single images: a generic visual objective, not the retrieval task, like ImageNet labels;
 - ``text``: a small BERT trained by masked language modelling on the draw's captions, with its own fixed vocabulary,
-  written with ``save_pretrained`` so the demo loads it through ``from_pretrained`` exactly like BERT-base.
+  written with ``save_pretrained`` so the demo loads it through ``from_pretrained`` exactly like BERT-base;
+- ``clip``: a small CLIP (a ViT and a text transformer with CLIP's BPE tokenizer, both learnt here) trained by CLIP's
+  contrastive image-caption objective, for CMR's OpenAI CLIP ViT-B/16; saved and loaded like it.
 
     python -m tireid_core.pretrain image      # the `pretrain.image` section of params.yaml
     python -m tireid_core.pretrain text
+    python -m tireid_core.pretrain clip
 
 Identities of the pretraining draw whose attribute vector equals that of any identity of the evaluated dataset are
 left out (and counted in the report), so no person the demo trains or tests on is ever seen in pretraining.
-Adding a stand-in (e.g. a CLIP-like pair) is one function registered in ``STAND_INS`` and one params subsection.
+Adding a stand-in is one function registered in ``STAND_INS`` and one params subsection.
 """
 from __future__ import annotations
 
@@ -34,7 +37,9 @@ from tireid_core.data.simpedes.attributes import ATTRIBUTE_NAMES, ATTRIBUTE_TABL
 from tireid_core.data.simpedes.build import load_meta
 from tireid_core.data.transforms import ImageLoader
 from tireid_core.io import write_json
+from tireid_core.metrics import retrieval_metrics
 from tireid_core.models.backbones import create_backbone
+from tireid_core.models.clip import clip_encoders
 from tireid_core.params import ParamsError, _positive, from_dict, load_section, resolve_params_file
 from tireid_core.runtime import seed_everything
 
@@ -85,11 +90,43 @@ class TextStandInParams:
 
 
 @dataclass
+class ClipStandInParams:
+    out: str = "data/pretrained/clip_small"  # a folder: save_pretrained CLIPModel + BPE tokenizer, pretrain_report.json
+    vocab_size: int = 1000  # BPE merges are learnt until the vocabulary has this many entries or no pair repeats
+    hidden: int = 128  # width of both towers and of the joint embedding
+    image_layers: int = 2
+    text_layers: int = 2
+    heads: int = 4
+    patch: int = 4  # 48x16 images -> a 12x4 patch grid, the grid ViT-B/16 gives at 192x64 (docs/cmr.md §10)
+    grid: int = 8  # side of the square position table (CLIP's is 14 at 224): resized to each input's grid
+    max_positions: int = 64
+    max_words: int = 48
+    height: int = 48
+    width: int = 16
+    epochs: int = 5
+    batch_size: int = 64
+    lr: float = 0.001
+    weight_decay: float = 0.01
+    seed: int = 0
+
+    def check(self, key: str) -> None:
+        _positive(self, key, "vocab_size", "hidden", "image_layers", "text_layers", "heads", "patch", "grid",
+                  "max_positions", "max_words", "height", "width", "epochs", "batch_size", "lr")
+        if self.hidden % self.heads:
+            raise ParamsError(f"{key}.hidden: must be a multiple of {key}.heads ({self.hidden} vs {self.heads})")
+        if self.height % self.patch or self.width % self.patch:
+            raise ParamsError(f"{key}.patch: {self.height}x{self.width} images must be whole numbers of patches")
+        if self.max_words > self.max_positions:
+            raise ParamsError(f"{key}.max_words: at most max_positions ({self.max_positions}), got {self.max_words}")
+
+
+@dataclass
 class PretrainParams:
     data: str = "data/simpedes_pretrain"  # the pretraining draw (DVC stage simpedes_pretrain)
     exclude: str = "data/simpedes"  # the evaluated dataset: its identities never enter pretraining
     image: ImageStandInParams = field(default_factory=ImageStandInParams)
     text: TextStandInParams = field(default_factory=TextStandInParams)
+    clip: ClipStandInParams = field(default_factory=ClipStandInParams)
 
 
 def load_pretrain_params(params_file=None, profile: str = "demo") -> tuple[PretrainParams, Path]:
@@ -361,10 +398,137 @@ def _masked_accuracy(mlm, inputs, attention, labels) -> float:
 
 
 # --------------------------------------------------------------------------------------------------------------
+# CLIP stand-in: a small CLIPModel (ViT + text transformer) trained contrastively on the draw's image-caption pairs
+# --------------------------------------------------------------------------------------------------------------
+
+CLIP_SPECIAL_TOKENS = ("<|startoftext|>", "<|endoftext|>")
+
+
+def build_clip_tokenizer(captions: list[str], vocab_size: int, max_positions: int):
+    """CLIP's byte-level BPE tokenizer (its normaliser, pre-tokeniser and "</w>" word ends) with merges learnt from
+    `captions`. The vocabulary is laid out as CLIP's: the special tokens, the 256 byte symbols, the same with "</w>",
+    then the merged symbols in merge order, so every character has a token and the ids do not depend on hash order."""
+    from tokenizers import pre_tokenizers, trainers
+    from transformers import CLIPTokenizer
+
+    backend = CLIPTokenizer().backend_tokenizer  # CLIP's pipeline around an empty BPE
+    trainer = trainers.BpeTrainer(vocab_size=vocab_size, special_tokens=list(CLIP_SPECIAL_TOKENS),
+                                  initial_alphabet=pre_tokenizers.ByteLevel.alphabet(), end_of_word_suffix="</w>",
+                                  show_progress=False)
+    backend.train_from_iterator(captions, trainer)
+    merges = [tuple(m.split(" ")) if isinstance(m, str) else tuple(m)
+              for m in json.loads(backend.to_str())["model"]["merges"]]
+    alphabet = sorted(pre_tokenizers.ByteLevel.alphabet())
+    symbols = [*CLIP_SPECIAL_TOKENS, *alphabet, *(c + "</w>" for c in alphabet), *("".join(m) for m in merges)]
+    vocab = {symbol: i for i, symbol in enumerate(dict.fromkeys(symbols))}
+    return CLIPTokenizer(vocab=vocab, merges=merges, model_max_length=max_positions)
+
+
+def clip_loss(image_emb: torch.Tensor, text_emb: torch.Tensor, logit_scale: torch.Tensor) -> torch.Tensor:
+    """CLIP's symmetric InfoNCE: each image's own caption among the batch's captions and vice versa, mean of both."""
+    logits = logit_scale.exp() * F.normalize(image_emb, dim=1) @ F.normalize(text_emb, dim=1).t()
+    target = torch.arange(len(logits), device=logits.device)
+    return (F.cross_entropy(logits, target) + F.cross_entropy(logits.t(), target)) / 2
+
+
+def pretrain_clip(params: PretrainParams, base: Path) -> dict:
+    """Train a small CLIP contrastively on the draw's (image, caption) pairs; save model and tokenizer with
+    save_pretrained, so CMR's demo loads it through the paper configuration's code (models/clip.py)."""
+    from transformers import CLIPConfig, CLIPModel
+
+    p, data = params.clip, load_pretrain_data(params, base)
+    seed_everything(p.seed)
+    loader = ImageLoader(p.height, p.width, train=False, normalize="clip")
+    splits = {split: data.images(split) for split in ("train", "val")}
+    images = {split: torch.stack([loader(data.root / "imgs" / im["file_path"]) for im in entries])
+              for split, entries in splits.items()}
+    with output_folder(base / p.out) as tmp:
+        tokenizer = build_clip_tokenizer(data.captions("train"), p.vocab_size, p.max_positions)
+        config = CLIPConfig(
+            text_config={"vocab_size": len(tokenizer), "hidden_size": p.hidden, "intermediate_size": 4 * p.hidden,
+                         "num_hidden_layers": p.text_layers, "num_attention_heads": p.heads,
+                         "max_position_embeddings": p.max_positions, "bos_token_id": tokenizer.bos_token_id,
+                         "eos_token_id": tokenizer.eos_token_id, "pad_token_id": tokenizer.pad_token_id},
+            vision_config={"hidden_size": p.hidden, "intermediate_size": 4 * p.hidden,
+                           "num_hidden_layers": p.image_layers, "num_attention_heads": p.heads,
+                           "image_size": p.grid * p.patch, "patch_size": p.patch},
+            projection_dim=p.hidden)
+        clip = CLIPModel(config)
+        image_encoder, text_encoder = clip_encoders(clip, (p.height, p.width))
+
+        def image_emb(x):
+            return image_encoder(x)[:, 0]  # CLS
+
+        def text_emb(ids, mask):
+            words = text_encoder(ids, mask)
+            return words[torch.arange(len(words)), text_encoder.eos_index(mask)]  # end of text
+
+        def encode(captions):
+            out = tokenizer(captions, padding="max_length", truncation=True, max_length=p.max_words,
+                            return_tensors="pt")
+            return out["input_ids"], out["attention_mask"].bool()
+
+        # one caption per image and epoch (alternating), so an epoch sees every image once
+        captions = [im["caption_texts"] for im in splits["train"]]
+        opt = torch.optim.AdamW(clip.parameters(), lr=p.lr, weight_decay=p.weight_decay)
+        n = len(captions)
+        steps = p.epochs * -(-n // p.batch_size)
+        sched = torch.optim.lr_scheduler.OneCycleLR(opt, max_lr=p.lr, total_steps=steps, pct_start=0.1)
+        history, started = [], time.time()
+        for epoch in range(p.epochs):
+            clip.train()
+            ids, mask = encode([caps[epoch % len(caps)] for caps in captions])
+            order, total = torch.randperm(n), 0.0
+            for start in range(0, n, p.batch_size):
+                idx = order[start:start + p.batch_size]
+                length = int(mask[idx].sum(1).max())  # padding past the longest caption changes nothing; skip it
+                x = images["train"][idx]
+                flip = torch.rand(len(idx)) < 0.5  # horizontal flip, as in the demo's training transform
+                x = torch.where(flip[:, None, None, None], x.flip(-1), x)
+                loss = clip_loss(image_emb(x), text_emb(ids[idx, :length], mask[idx, :length]), clip.logit_scale)
+                opt.zero_grad(set_to_none=True)
+                loss.backward()
+                opt.step()
+                sched.step()
+                with torch.no_grad():
+                    clip.logit_scale.clamp_(0, 4.6052)  # CLIP caps the scale at 100
+                total += float(loss.detach()) * len(idx)
+            history.append({"epoch": epoch + 1, "train_loss": round(total / n, 4),
+                            "val_t2i_R@1": _clip_val_r1(clip, image_emb, text_emb, encode, images["val"],
+                                                        splits["val"])})
+            print(f"clip stand-in epoch {epoch + 1}/{p.epochs}: {history[-1]}", flush=True)
+        clip.save_pretrained(tmp)
+        tokenizer.save_pretrained(tmp)
+        report = {"stand_in": "clip", "objective": "contrastive image-caption matching (CLIP's InfoNCE)",
+                  "folder": p.out, "vocab_size": len(tokenizer), "train_images": n,
+                  "val_captions": sum(len(im["caption_texts"]) for im in splits["val"]),
+                  "val_images": len(splits["val"]), "val_people": len({im["id"] for im in splits["val"]}),
+                  "val_metric": "text-to-image R@1 over the val people (same person = hit)",
+                  "excluded_identities": data.excluded, "seconds": round(time.time() - started, 1),
+                  "history": history}
+        write_json(tmp / "pretrain_report.json", report)
+    return report
+
+
+@torch.no_grad()
+def _clip_val_r1(clip, image_emb, text_emb, encode, images, entries) -> float:
+    """Text-to-image R@1 (%) on the draw's val people: every val caption against every val image."""
+    clip.eval()
+    captions = [c for im in entries for c in im["caption_texts"]]
+    caption_pids = [im["id"] for im in entries for _ in im["caption_texts"]]
+    ids, mask = encode(captions)
+    length = int(mask.sum(1).max())
+    img = torch.cat([image_emb(images[i:i + 256]) for i in range(0, len(images), 256)])
+    txt = torch.cat([text_emb(ids[i:i + 256, :length], mask[i:i + 256, :length]) for i in range(0, len(ids), 256)])
+    scores = F.normalize(txt, dim=1) @ F.normalize(img, dim=1).t()
+    return round(float(retrieval_metrics(scores, caption_pids, [im["id"] for im in entries])["R@1"]), 2)
+
+
+# --------------------------------------------------------------------------------------------------------------
 # Registry and CLI
 # --------------------------------------------------------------------------------------------------------------
 
-STAND_INS = {"image": pretrain_image, "text": pretrain_text}
+STAND_INS = {"image": pretrain_image, "text": pretrain_text, "clip": pretrain_clip}
 
 
 def stand_in_output(name: str, params: PretrainParams) -> str:

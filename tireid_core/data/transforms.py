@@ -8,20 +8,25 @@ from tireid_core.data.datasets import read_image
 
 IMAGENET_MEAN = (0.485, 0.456, 0.406)
 IMAGENET_STD = (0.229, 0.224, 0.225)
+CLIP_MEAN = (0.48145466, 0.4578275, 0.40821073)  # the statistics OpenAI's CLIP was trained with
+CLIP_STD = (0.26862954, 0.26130258, 0.27577711)
+NORMALIZATIONS = {"imagenet": (IMAGENET_MEAN, IMAGENET_STD), "half": ((0.5,) * 3, (0.5,) * 3),
+                  "clip": (CLIP_MEAN, CLIP_STD)}
 
 
 def normalization_stats(normalize: str) -> tuple[tuple[float, ...], tuple[float, ...]]:
-    """(mean, std) per channel of a `data.normalize` setting: ImageNet statistics, or 0.5 / 0.5 ("half")."""
-    if normalize not in ("imagenet", "half"):
-        raise ValueError(f"normalize must be 'imagenet' or 'half', got {normalize!r}")
-    return (IMAGENET_MEAN, IMAGENET_STD) if normalize == "imagenet" else ((0.5,) * 3, (0.5,) * 3)
+    """(mean, std) per channel of a `data.normalize` setting: ImageNet statistics, 0.5 / 0.5 ("half") or CLIP's."""
+    if normalize not in NORMALIZATIONS:
+        raise ValueError(f"normalize must be one of {sorted(NORMALIZATIONS)}, got {normalize!r}")
+    return NORMALIZATIONS[normalize]
 
 
 def build_image_transform(height: int, width: int, *, train: bool, hflip: bool = True,
                           normalize: str = "imagenet") -> T.Compose:
     """Resize to (height, width) with bicubic interpolation; flip only when training.
 
-    normalize="imagenet" uses ImageNet statistics (torchvision weights); "half" uses 0.5/0.5 as SSAN's code does.
+    normalize="imagenet" uses ImageNet statistics (torchvision weights); "half" uses 0.5/0.5 as SSAN's code does;
+    "clip" uses CLIP's own statistics (CLIP weights, IRRA-lineage code).
     """
     mean, std = normalization_stats(normalize)
     steps = [T.Resize((height, width), interpolation=T.InterpolationMode.BICUBIC)]
