@@ -91,13 +91,16 @@ class Method:
     """One registered method: its name (= its `params.yaml` section), parameter class, model class and task.
 
     ``model(params, vocab_size, num_classes, tokenizer)`` builds the network; ``task`` is ``"text_image"`` or
-    ``"image_reid"``.
+    ``"image_reid"``. ``reads``: methods whose finished runs this method's training loads (LCR²S's student distils
+    from a trained teacher): `load_run_params` puts their run folders into ``params.reads`` and accepts ``--set``
+    keys of their sections, and the pipeline makes the training stage depend on their checkpoints.
     """
 
     name: str
     params: type
     model: type
     task: str = "text_image"
+    reads: tuple[str, ...] = ()
 
 
 def get_method(name: str, package: str = "tireid_core.models") -> Method:
