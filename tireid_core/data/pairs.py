@@ -100,22 +100,27 @@ class PairDataset(Dataset):
     def __len__(self) -> int:
         return len(self.pairs)
 
+    def support_picks(self, i: int) -> tuple[list[int | None], list[int | None]]:
+        """Sample i's support sets this epoch as pair indices (captions, images); None = the sample itself."""
+        generator = sample_generator(self.seed, self.epoch, i)
+        captions = draw_supports(self.other_captions[i], self.support_captions, self.policy, generator)
+        images = draw_supports(self.other_images[i], self.support_images, self.policy, generator)
+        return captions, images
+
     def __getitem__(self, i: int) -> dict:
         p = self.pairs[i]
         label = self.label_of_pid[p.pid] if self.label_of_pid is not None else -1
         item = {"image": self.load_image(p.path), "caption": p.caption, "label": label, "pid": p.pid, "index": i}
         if not (self.support_captions or self.support_images):
             return item
-        generator = sample_generator(self.seed, self.epoch, i)
+        caption_picks, image_picks = self.support_picks(i)
         if self.support_captions:
-            picks = draw_supports(self.other_captions[i], self.support_captions, self.policy, generator)
-            item["support_captions"] = [self.pairs[j].caption if j is not None else p.caption for j in picks]
-            item["support_captions_self"] = torch.tensor([j is None for j in picks])
+            item["support_captions"] = [self.pairs[j].caption if j is not None else p.caption for j in caption_picks]
+            item["support_captions_self"] = torch.tensor([j is None for j in caption_picks])
         if self.support_images:
-            picks = draw_supports(self.other_images[i], self.support_images, self.policy, generator)
             item["support_images"] = torch.stack(
-                [self.load_image(self.pairs[j].path if j is not None else p.path) for j in picks])
-            item["support_images_self"] = torch.tensor([j is None for j in picks])
+                [self.load_image(self.pairs[j].path if j is not None else p.path) for j in image_picks])
+            item["support_images_self"] = torch.tensor([j is None for j in image_picks])
         return item
 
 

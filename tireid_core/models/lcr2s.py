@@ -233,3 +233,32 @@ def view_probe(train_feats: torch.Tensor, train_truth: list[dict], test_feats: t
     scores = probe.decision_function(scaler.transform(x_test))
     return {"labels": y_test, "scores": scores.tolist(), "n_train": len(y_train), "n_test": len(y_test),
             "test_positives": sum(y_test)}
+
+
+def reconstruction_choices(teacher: RunParams, student: RunParams):
+    """The reconstructed choices (docs/lcr2s.md §9) with the values a teacher run and a student run used: a table the
+    notebooks print as "our choice" (none of them comes from LCR²S's paper or code)."""
+    import pandas as pd
+
+    t, s, d = teacher.lcr2s, student.lcr2s, student.data
+    rows = [
+        ("image encoder", "ResNet, global max or avg pool over the last map's regions", f"{teacher.model.image_backbone}, pool {t.pool}"),
+        ("text encoder", "BERT (frozen or fine-tuned) + TIPCB's TextCNN", f"BERT frozen: {t.bert_frozen}, TextCNN {t.text_cnn}, {t.text_cnn_blocks} blocks"),
+        ("feature width d", "backbone channels (no projection) or a Linear to lcr2s.dim", f"{t.dim or t.text_cnn[1]} (projection: {bool(t.dim)})"),
+        ("support size K", "images and captions per sample", f"teacher {teacher.data.support_images}, student {d.support_images}"),
+        ("support draw", "whole training set by identity; captions of other images; with replacement when short",
+         f"data.support_policy {teacher.data.support_policy}, drawn per sample and epoch"),
+        ("empty support pool", "self_aug | duplicate | skip", t.empty_support),
+        ("fusion", "MHAF (h heads, FFN mult·d, GELU, 2 × residual + LayerNorm) or mean",
+         f"{t.fusion}, {t.mhaf_heads} heads, FFN ×{t.mhaf_ffn_mult}, dropout {t.mhaf_dropout}, shared: {t.share_mhaf}"),
+        ("base loss", "cmpm | id_cr", f"teacher {t.base_loss}, student {s.base_loss}"),
+        ("teacher's extra single-view loss", "on or off", t.teacher_single_view_loss),
+        ("student reasoner", "view_queries | self_attention | none", s.reasoner),
+        ("distillation weights", "λ_f, λ_r", f"λ_f {s.lambda_f:g}, λ_r {s.lambda_r:g}"),
+        ("feature KD", "MSE on L2-normalised features (summed over d, mean over samples) or raw", f"normalised: {s.kd_normalise}"),
+        ("relation matrix", "cosine, or softmax of cosine / T; (1/B²)‖R^S − R^T‖²_F", f"{s.relation}" + (f", T {s.relation_temperature:g}" if s.relation == "softmax_t" else "")),
+        ("teacher in stage 2", "eval mode, no gradient, supports drawn for each student batch", "always (not a parameter)"),
+        ("student initialisation", "pretrained backbones, not the teacher's weights", "always (not a parameter)"),
+        ("teacher row distilled", "a row of lcr2s_teacher_rows", s.teacher_row),
+    ]
+    return pd.DataFrame(rows, columns=["our choice", "options", "this run"]).set_index("our choice")

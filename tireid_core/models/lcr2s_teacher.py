@@ -460,3 +460,45 @@ def teacher_oracle_scores(model: LCR2STeacher, gallery: dict, queries: dict, eva
     """ORACLE score matrix (texts × images) of `teacher_oracle_features`: uses the split's identity labels."""
     g, q = teacher_oracle_features(model, gallery, queries, evalset, k, seed)
     return cosine_similarity(q["oracle"], g["oracle"])
+
+
+def teacher_oracle_metrics(exp, gallery: dict, queries: dict, k: int, seed: int = 0) -> dict:
+    """ORACLE test metrics of a teacher run's selected model (`exp` from `FinishedRun.experiment()`, features from
+    `FinishedRun.features()`) with K supports per test item built from the test identity labels: R@1/5/10, mAP, mINP
+    and the 95 % bootstrap intervals of R@1 and mAP, plus "per_query" (for paired comparisons). Never a result."""
+    from tireid_core.evaluation import bootstrap_ci95, score_metrics, summary
+
+    scores = teacher_oracle_scores(exp.model, gallery, queries, exp.test_set, k, seed)
+    metrics = score_metrics(exp, exp.test_set, {"oracle": scores}, per_query_for="oracle")["oracle"]
+    per_query = metrics.pop("per_query")
+    ci = bootstrap_ci95(per_query)
+    return {**summary(metrics), "R@1 95% CI": "–".join(f"{v:.1f}" for v in ci["R@1"]),
+            "mAP 95% CI": "–".join(f"{v:.1f}" for v in ci["mAP"]), "per_query": per_query}
+
+
+def support_set_figure(train_set, index: int, k_shown: int | None = None):
+    """One training sample (left) and the support sets it is fused with this epoch: its K support images, and its own
+    caption above the K support captions (`PairDataset.support_picks`, the draw training uses)."""
+    import textwrap
+
+    import matplotlib.pyplot as plt
+
+    from tireid_core.data.datasets import read_image
+
+    caption_picks, image_picks = train_set.support_picks(index)
+    sample = train_set.pairs[index]
+    images = [sample] + [train_set.pairs[j] if j is not None else sample for j in image_picks[:k_shown]]
+    fig, axes = plt.subplots(1, len(images) + 1, figsize=(1.6 * len(images) + 5.5, 3.2),
+                             gridspec_kw={"width_ratios": [1] * len(images) + [3.5]})
+    for ax, pair, title in zip(axes, images, ["sample"] + [f"support {i + 1}" for i in range(len(images) - 1)]):
+        ax.imshow(read_image(pair.path))
+        ax.set_title(title, fontsize=8)
+        ax.axis("off")
+    lines = [f"sample: {sample.caption}"] + [
+        f"support {i + 1}: {(train_set.pairs[j] if j is not None else sample).caption}"
+        for i, j in enumerate(caption_picks)]
+    axes[-1].axis("off")
+    axes[-1].text(0, 1, "\n\n".join("\n".join(textwrap.wrap(t, 60)) for t in lines), fontsize=7, va="top")
+    fig.suptitle(f"identity {sample.pid}: a training sample and its support sets", fontsize=9)
+    fig.tight_layout()
+    return fig
