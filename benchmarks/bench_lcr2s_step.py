@@ -69,27 +69,27 @@ def main() -> None:
     n_teacher = sum(p.numel() for p in teacher.parameters())
     n_trained = sum(p.numel() for p in teacher.parameters() if p.requires_grad)
     print(f"LCR²S {args.profile} configuration, K = {k}: teacher {n_teacher / 1e6:.1f} M parameters "
-          f"({n_trained / 1e6:.1f} M trained; BERT frozen: {teacher_params.lcr2s.bert_frozen})")
-    step = EngineStep(teacher, teacher_params, device)
-    batch_on = step.prepare(batch)
-    elapsed = seconds_per_step(lambda: step(batch_on), args.steps, device)
-    print(f"[teacher] device {device}, {step.precision}, batch {b} samples (+{b * k} support images {h}x{w}, "
-          f"+{b * k} support captions), {L} tokens, torch threads {torch.get_num_threads()}")
-    report(elapsed, b, device)
+          f"({n_trained / 1e6:.2f} M trained; BERT frozen: {teacher_params.lcr2s.bert_frozen})")
+    time_step("teacher", teacher, teacher_params, batch, device, args.steps,
+              f"batch {b} samples (+{b * k} support images {h}x{w}, +{b * k} support captions), {L} tokens")
 
     teacher.requires_grad_(False).eval()
     student = LCR2S(student_params, 0, CLASSES, teacher=teacher)
     n_student = sum(p.numel() for p in student.parameters() if p.requires_grad)
-    print(f"student: {n_student / 1e6:.1f} M trained parameters, reasoner {student_params.lcr2s.reasoner}, "
+    print(f"student: {n_student / 1e6:.2f} M trained parameters, reasoner {student_params.lcr2s.reasoner}, "
           f"lambda_f {student_params.lcr2s.lambda_f:g}, lambda_r {student_params.lcr2s.lambda_r:g}")
     if device.type == "cuda":
         torch.cuda.reset_peak_memory_stats()
-    step = EngineStep(student, student_params, device)
-    batch_on = step.prepare(batch)
-    elapsed = seconds_per_step(lambda: step(batch_on), args.steps, device)
-    print(f"[student] device {device}, {step.precision}, batch {b} samples; the frozen teacher's forward on the "
-          f"samples and their supports included")
-    report(elapsed, b, device)
+    time_step("student", student, student_params, batch, device, args.steps,
+              f"batch {b} samples; the frozen teacher's forward on the samples and their supports included")
+
+
+def time_step(name: str, model, params, batch: dict, device: torch.device, steps: int, what: str) -> None:
+    step = EngineStep(model, params, device)
+    on_device = step.prepare(batch)
+    elapsed = seconds_per_step(lambda: step(on_device), steps, device)
+    print(f"[{name}] device {device}, {step.precision}, {what}, torch threads {torch.get_num_threads()}")
+    report(elapsed, len(batch["image"]), device)
 
 
 if __name__ == "__main__":
