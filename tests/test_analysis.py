@@ -169,3 +169,20 @@ def test_metrics_table_orders_recall_by_rank_and_counts_epochs_from_one():
     table = analysis.metrics_table(summary)
     assert list(table.columns) == ["R@1", "R@5", "R@10", "mAP"]
     assert list(table.index) == ["best (epoch 1)", "last (epoch 3)"]
+
+
+def test_tsne_figure_draws_each_kind_with_its_own_marker():
+    import torch
+
+    from tireid_core.analysis import tsne_figure
+
+    g = torch.Generator().manual_seed(0)
+    feats = torch.randn(24, 8, generator=g)
+    pids = [i % 4 for i in range(24)]
+    kinds = ["image"] * 12 + ["text"] * 12
+    fig = tsne_figure({"model": (feats, pids, kinds)}, n_ids=4, seed=0)
+    ax = fig.axes[0]
+    assert "markers: o image, ^ text" in ax.get_title()
+    assert sum(len(c.get_offsets()) for c in ax.collections) == 24  # every point once
+    plain = tsne_figure({"model": (feats, pids)}, n_ids=4, seed=0)
+    assert "markers" not in plain.axes[0].get_title()

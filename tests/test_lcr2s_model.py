@@ -386,6 +386,8 @@ def test_student_parameter_errors_name_the_key():
         load_run_params("lcr2s", params_file=REPO / "params.yaml", sets=["lcr2s.lcr2s.lambda_r=-1"])
     p = load_run_params("lcr2s", params_file=REPO / "params.yaml", sets=["lcr2s_teacher.out_dir=elsewhere"])
     assert p.reads == {"lcr2s_teacher": str(REPO / "elsewhere")}  # the teacher's section may be set from a student run
+    with pytest.raises(ParamsError, match="another section of this run"):
+        load_run_params("lcr2s", params_file=REPO / "params.yaml", sets=["ssan.out_dir=elsewhere"])
 
 
 def test_every_row_is_a_valid_configuration():
@@ -438,10 +440,3 @@ def test_view_probe_and_auc():
     assert result["probe"]["auc"] > 90 and result["probe"]["low"] <= result["probe"]["auc"] <= result["probe"]["high"]
     assert "diff" in result["shuffled"] and "diff" not in result["probe"]
 
-
-def test_auc_by_hand():
-    out = auc_comparison([1, 0, 1, 0], {"a": [0.9, 0.1, 0.4, 0.5], "b": [0.9, 0.1, 0.5, 0.5]}, n_resamples=50)
-    # a: pairs (0.9>0.1, 0.9>0.5, 0.4>0.1, 0.4<0.5) = 3/4; b: the tie 0.5 = 0.5 counts one half: 3.5/4
-    assert out["a"]["auc"] == 75.0 and out["b"]["auc"] == 87.5 and out["b"]["diff"] == 12.5
-    with pytest.raises(ValueError, match="both classes"):
-        auc_comparison([1, 1], {"a": [0.1, 0.2]})
