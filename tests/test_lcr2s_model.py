@@ -269,6 +269,16 @@ def test_empty_support_policies(small_bert):
     assert torch.allclose(terms["cmpm"], expected, rtol=1e-4)  # the anchor leaves the teacher loss
 
 
+def test_skip_with_fewer_than_two_anchors_left_gives_a_zero_that_backpropagates(small_bert):
+    model, _ = build("lcr2s_teacher", small_bert, "lcr2s_teacher.lcr2s.empty_support=skip")
+    b = batch()
+    b["support_images_self"][1:] = True  # only anchor 0 keeps a support pool
+    terms = model.train()(b)
+    assert set(terms) == {"cmpm", "loss"} and terms["loss"].item() == 0.0
+    terms["loss"].backward()  # still a graph: the step runs
+    assert model.text_cnn.stem.weight.grad is not None
+
+
 def test_teacher_id_cr_base_loss(small_bert):
     model, _ = build("lcr2s_teacher", small_bert, "lcr2s_teacher.lcr2s.base_loss=id_cr",
                      "lcr2s_teacher.lcr2s.teacher_single_view_loss=true")

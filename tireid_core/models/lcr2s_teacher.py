@@ -289,8 +289,9 @@ class LCR2SBase(MethodModel):
             keep = gather_with_grad(keep)
             img, txt, labels = img[keep], txt[keep], labels[keep]
             weak = weak[keep] if weak is not None else None
-            if len(labels) < 2:  # nothing to match: a zero that keeps the graph
-                return {f"{prefix}{p.base_loss}": (img.sum() + txt.sum()) * 0.0}
+            if len(labels) < 2:  # nothing to match: zeros that keep the graph, under the usual names
+                zero = (img.sum() + txt.sum()) * 0.0
+                return {f"{prefix}{name}": zero for name in (("cmpm",) if p.base_loss == "cmpm" else ("id", "cr"))}
         if p.base_loss == "cmpm":
             return {f"{prefix}cmpm": cmpm_loss(img, txt, labels)}
         return {f"{prefix}id": p.id_weight * (id_loss(self.classifier(img), labels) +
