@@ -189,10 +189,11 @@ def small_bert(tmp_path_factory):
 
 
 def build(section, small_bert, *sets, teacher=None, classes=5):
-    """The tiny profile's architecture from random weights (no stand-in files)."""
+    """The tiny profile's architecture from random weights (no stand-in files), with the paper's loss (CMPM alone)
+    unless `sets` say otherwise."""
     params = load_run_params(section, params_file=REPO / "params.yaml", profile="tiny", sets=[
         f"{section}.model.pretrained=false", f"{section}.model.text_pretrained=false",
-        f"{section}.model.text_model={small_bert}", *sets])
+        f"{section}.model.text_model={small_bert}", f"{section}.lcr2s.cmpm_id_weight=0.0", *sets])
     torch.manual_seed(0)
     cls = get_method(section).model
     model = cls(params, 0, classes, None) if teacher is None else cls(params, 0, classes, None, teacher=teacher)
@@ -233,6 +234,31 @@ def test_teacher_features_scores_and_loss(small_bert):
     e = model.enriched(b)
     assert torch.allclose(terms["cmpm"], cmpm_loss(e["image"], e["text"], b["label"]), rtol=1e-4)
     assert e["image_weights"].shape == (4, 3)
+
+
+def test_projection_acts_on_the_pooled_feature_and_on_every_region_and_token(small_bert):
+    model, _ = build("lcr2s_teacher", small_bert, "lcr2s_teacher.lcr2s.dim=24")
+    model.eval()
+    b = batch()
+    with torch.no_grad():
+        pooled, regions = model.image_local(b["image"])
+        raw = model.backbone(b["image"])["layer4"].flatten(2).transpose(1, 2)
+        assert pooled.shape == (4, 24) and regions.shape == (4, 48, 24)
+        assert torch.allclose(pooled, model.image_proj(raw.amax(1)), atol=1e-6)  # pool, then project
+        assert torch.allclose(regions, model.image_proj(raw), atol=1e-6)
+        glob, tokens, mask = model.text_local(b["ids"], b["mask"])
+    assert glob.shape == (4, 24) and tokens.shape[2] == 24 and tokens[0, 4:].abs().max() == 0  # padding stays 0
+
+
+def test_an_id_term_can_be_added_to_cmpm(small_bert):
+    model, _ = build("lcr2s_teacher", small_bert, "lcr2s_teacher.lcr2s.cmpm_id_weight=0.5")
+    model.eval()
+    b = batch()
+    terms = model(b)
+    e = model.enriched(b)
+    expected = 0.5 * (torch.nn.functional.cross_entropy(model.classifier(e["image"]), b["label"]) +
+                      torch.nn.functional.cross_entropy(model.classifier(e["text"]), b["label"]))
+    assert set(terms) == {"cmpm", "id", "loss"} and torch.allclose(terms["id"], expected, rtol=1e-5)
 
 
 def test_teacher_fuses_the_real_supports(small_bert):

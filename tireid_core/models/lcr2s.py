@@ -54,7 +54,8 @@ class LCR2SRunParams(RunParams):
     def check(self, key: str) -> None:
         s = self.lcr2s
         distils = s.lambda_f > 0 or s.lambda_r > 0
-        check_lcr2s(self, key, needs_supports=distils or s.reasoner == "view_queries")
+        # supports feed the teacher's targets, the K view queries, and id_cr's weak caption
+        check_lcr2s(self, key, needs_supports=distils or s.reasoner == "view_queries" or s.base_loss == "id_cr")
         for name in ("lambda_f", "lambda_r"):
             if not getattr(s, name) >= 0:
                 raise ParamsError(f"{key}.lcr2s.{name}: must be >= 0, got {getattr(s, name)!r}")
@@ -244,14 +245,17 @@ def reconstruction_choices(teacher: RunParams, student: RunParams):
     rows = [
         ("image encoder", "ResNet, global max or avg pool over the last map's regions", f"{teacher.model.image_backbone}, pool {t.pool}"),
         ("text encoder", "BERT (frozen or fine-tuned) + TIPCB's TextCNN", f"BERT frozen: {t.bert_frozen}, TextCNN {t.text_cnn}, {t.text_cnn_blocks} blocks"),
-        ("feature width d", "backbone channels (no projection) or a Linear to lcr2s.dim", f"{t.dim or t.text_cnn[1]} (projection: {bool(t.dim)})"),
+        ("feature width d", "backbone channels (no projection) or a Linear to lcr2s.dim after pooling",
+         f"{t.dim or t.text_cnn[1]} (projection: {bool(t.dim)})"),
         ("support size K", "images and captions per sample", f"teacher {teacher.data.support_images}, student {d.support_images}"),
         ("support draw", "whole training set by identity; captions of other images; with replacement when short",
          f"data.support_policy {teacher.data.support_policy}, drawn per sample and epoch"),
         ("empty support pool", "self_aug | duplicate | skip", t.empty_support),
         ("fusion", "MHAF (h heads, FFN mult·d, GELU, 2 × residual + LayerNorm) or mean",
          f"{t.fusion}, {t.mhaf_heads} heads, FFN ×{t.mhaf_ffn_mult}, dropout {t.mhaf_dropout}, shared: {t.share_mhaf}"),
-        ("base loss", "cmpm | id_cr", f"teacher {t.base_loss}, student {s.base_loss}"),
+        ("base loss", "cmpm (targets l1 | l2, optional ID term) | id_cr", f"teacher {t.base_loss}, student {s.base_loss}"
+         + (f"; CMPM targets {t.cmpm_q_norm}, ID term weight teacher {t.cmpm_id_weight:g}, student "
+            f"{s.cmpm_id_weight:g}" if "cmpm" in (t.base_loss, s.base_loss) else "")),
         ("teacher's extra single-view loss", "on or off", t.teacher_single_view_loss),
         ("student reasoner", "view_queries | self_attention | none", s.reasoner),
         ("distillation weights", "λ_f, λ_r", f"λ_f {s.lambda_f:g}, λ_r {s.lambda_r:g}"),

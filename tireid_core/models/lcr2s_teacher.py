@@ -59,7 +59,11 @@ class LCR2SParams:
     # an identity without another image: "self_aug" its support is the sample under a second random augmentation
     # (the data's own fallback), "duplicate" the identical sample, "skip" masked out of MHAF and of the base loss
     empty_support: Literal["self_aug", "duplicate", "skip"] = "self_aug"
-    base_loss: Literal["cmpm", "id_cr"] = "cmpm"  # TIPCB lineage (CMPM, L1 targets) or SSAN/MANet (ID + CR)
+    base_loss: Literal["cmpm", "id_cr"] = "cmpm"  # TIPCB lineage (CMPM) or SSAN/MANet (ID + compound ranking)
+    cmpm_q_norm: Literal["l1", "l2"] = "l1"  # CMPM's identity targets: l1 (the CMPM paper); TIPCB's code uses l2
+    # Not in TIPCB or the spec: an ID loss (one classifier shared by both modalities) added to CMPM, as the baseline
+    # has. 0 = CMPM alone; > 0 is a demo stand-in for what long training on pretrained weights gives (docs §10).
+    cmpm_id_weight: float = 0.0
     id_weight: float = 1.0  # id_cr: ID loss with one classifier shared by both modalities
     cr_margin: float = 0.2  # id_cr: compound ranking loss α1
     cr_beta: float = 0.1  # id_cr: weight of its weak term (the weak caption: the first support caption)
@@ -87,7 +91,7 @@ def check_lcr2s(params: RunParams, key: str, needs_supports: bool) -> None:
                           f"lcr2s.mhaf_heads ({p.mhaf_heads}); dim 0 means no projection")
     if not 0.0 <= p.mhaf_dropout < 1.0:
         raise ParamsError(f"{key}.lcr2s.mhaf_dropout: must be in [0, 1), got {p.mhaf_dropout!r}")
-    for name in ("id_weight", "cr_margin", "cr_beta"):
+    for name in ("id_weight", "cr_margin", "cr_beta", "cmpm_id_weight"):
         if getattr(p, name) < 0:
             raise ParamsError(f"{key}.lcr2s.{name}: must be >= 0, got {getattr(p, name)!r}")
     if d.support_images != d.support_captions:
@@ -244,7 +248,7 @@ class LCR2SBase(MethodModel):
             raise ValueError(f"{params.method}.lcr2s.text_cnn[1] ({out}) must equal the image backbone's channels "
                              f"({channels}) without a projection (lcr2s.dim: 0)")
         self.dim = p.dim or channels
-        if p.base_loss == "id_cr":
+        if p.base_loss == "id_cr" or p.cmpm_id_weight:
             self.classifier = nn.Linear(self.dim, num_classes)  # shared by both modalities
             nn.init.normal_(self.classifier.weight, std=0.001)
             nn.init.zeros_(self.classifier.bias)
@@ -264,9 +268,10 @@ class LCR2SBase(MethodModel):
     def image_local(self, images: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
         """(global B × d, regions B × HW × d): every cell of the last map is a region vector."""
         regions = self.backbone(images)["layer4"].flatten(2).transpose(1, 2)
+        pooled = regions.amax(1) if self.p.pool == "max" else regions.mean(1)
         if self.p.dim:
-            regions = self.image_proj(regions)
-        return (regions.amax(1) if self.p.pool == "max" else regions.mean(1)), regions
+            return self.image_proj(pooled), self.image_proj(regions)
+        return pooled, regions
 
     def text_local(self, ids: torch.Tensor, mask: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
         """(global B × d, tokens B × L × d, mask): TextCNN over BERT's tokens (BERT without gradients when frozen)."""
@@ -274,9 +279,10 @@ class LCR2SBase(MethodModel):
         with torch.set_grad_enabled(torch.is_grad_enabled() and not self.p.bert_frozen):
             words = self.text_encoder(ids, mask)
         tokens = self.text_cnn(words * mask[..., None].to(words.dtype), mask)
+        pooled = pool_tokens(tokens, mask, self.p.pool)
         if self.p.dim:
-            tokens = self.text_proj(tokens) * mask[..., None].to(tokens.dtype)
-        return pool_tokens(tokens, mask, self.p.pool), tokens, mask
+            return self.text_proj(pooled), self.text_proj(tokens) * mask[..., None].to(tokens.dtype), mask
+        return pooled, tokens, mask
 
     def base_terms(self, img: torch.Tensor, txt: torch.Tensor, labels: torch.Tensor, weak: torch.Tensor | None = None,
                    keep: torch.Tensor | None = None, prefix: str = "") -> dict[str, torch.Tensor]:
@@ -291,14 +297,20 @@ class LCR2SBase(MethodModel):
             weak = weak[keep] if weak is not None else None
             if len(labels) < 2:  # nothing to match: zeros that keep the graph, under the usual names
                 zero = (img.sum() + txt.sum()) * 0.0
-                return {f"{prefix}{name}": zero for name in (("cmpm",) if p.base_loss == "cmpm" else ("id", "cr"))}
+                names = ("cmpm", *(("id",) if p.cmpm_id_weight else ())) if p.base_loss == "cmpm" else ("id", "cr")
+                return {f"{prefix}{name}": zero for name in names}
         if p.base_loss == "cmpm":
-            return {f"{prefix}cmpm": cmpm_loss(img, txt, labels)}
-        return {f"{prefix}id": p.id_weight * (id_loss(self.classifier(img), labels) +
-                                               id_loss(self.classifier(txt), labels)),
+            terms = {f"{prefix}cmpm": cmpm_loss(img, txt, labels, q_norm=p.cmpm_q_norm)}
+            if p.cmpm_id_weight:
+                terms[f"{prefix}id"] = p.cmpm_id_weight * self._id_terms(img, txt, labels)
+            return terms
+        return {f"{prefix}id": p.id_weight * self._id_terms(img, txt, labels),
                 f"{prefix}cr": compound_ranking_loss(img, txt, weak, labels, epoch=self.epoch, alpha1=p.cr_margin,
                                                      beta=p.cr_beta, alpha2_start_epoch=p.cr_alpha2_start_epoch,
                                                      generator=self.mining)}
+
+    def _id_terms(self, img: torch.Tensor, txt: torch.Tensor, labels: torch.Tensor) -> torch.Tensor:
+        return id_loss(self.classifier(img), labels) + id_loss(self.classifier(txt), labels)
 
     def similarities(self, image_feats: dict, text_feats: dict) -> dict[str, torch.Tensor]:
         """Cosine of the pooled single-view features ("global") and of the model's output features ("final")."""
