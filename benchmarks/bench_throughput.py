@@ -147,8 +147,12 @@ def format_table(rows: list[dict]) -> str:
 
 
 def sets_for(method: str, sets: list[str]) -> list[str]:
-    """The --set items addressed to `method`'s sections (``METHOD.`` or ``METHOD_rows.``)."""
-    return [s for s in sets if s.split("=", 1)[0].strip().split(".", 1)[0] in (method, f"{method}_rows")]
+    """The --set items addressed to `method`'s sections (``METHOD.``, ``METHOD_rows.``, or a section of a method it
+    reads: the LCR²S student's ``lcr2s_teacher.``)."""
+    from tireid_core.methods import get_method
+    from tireid_core.params import set_section
+
+    return [s for s in sets if set_section(s) in (method, f"{method}_rows", *get_method(method).reads)]
 
 
 def require_data(params) -> None:

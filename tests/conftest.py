@@ -80,8 +80,32 @@ def stand_in_sets(tiny_stand_ins):
     return sets
 
 
+@pytest.fixture(scope="session")
+def read_sets(tmp_path_factory, tiny_simpedes, stand_in_sets):
+    """`--set` values pointing a method that reads other methods' finished runs (Method.reads: LCR²S's student reads
+    its teacher) at tiny runs of them: their full row, one epoch, trained once per session on first use."""
+    from tireid_core.engine import fit
+    from tireid_core.experiment import build_experiment
+    from tireid_core.methods import get_method
+
+    folders = {}
+
+    def sets(method: str) -> list[str]:
+        for name in get_method(method).reads:
+            if name not in folders:
+                folder = tmp_path_factory.mktemp(name)
+                params = load_run_params(name, REPO / "params.yaml", row="full", profile="tiny", sets=[
+                    f"{name}.out_dir={folder}", f"{name}.data.root={tiny_simpedes}", *stand_in_sets(name),
+                    f"{name}.train.epochs=1"])
+                fit(build_experiment(params))
+                folders[name] = folder
+        return [f"{name}.out_dir={folders[name]}" for name in get_method(method).reads]
+
+    return sets
+
+
 @pytest.fixture
-def tiny_params(tmp_path, tiny_simpedes, stand_in_sets):
+def tiny_params(tmp_path, tiny_simpedes, stand_in_sets, read_sets):
     def make(*sets: str, section: str = "baseline", row: str | None = None):
         return load_run_params(
             section,
@@ -89,7 +113,7 @@ def tiny_params(tmp_path, tiny_simpedes, stand_in_sets):
             row=row,
             profile="tiny",
             sets=[f"{section}.out_dir={tmp_path / 'run'}", f"{section}.data.root={tiny_simpedes}",
-                  *stand_in_sets(section), *sets],
+                  *stand_in_sets(section), *read_sets(section), *sets],
         )
 
     return make

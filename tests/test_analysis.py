@@ -183,3 +183,20 @@ def test_part_value_frequencies_count_equal_looks():
     freq = part_value_frequencies(meta)
     assert freq[1] == {"lower": 0.5, "shoes": 0.25}  # blue jeans: 2 of 4; white shoes: 1 of 4
     assert freq[3] == {"lower": 0.25, "shoes": 0.75}
+
+
+def test_tsne_figure_draws_each_kind_with_its_own_marker():
+    import torch
+
+    from tireid_core.analysis import tsne_figure
+
+    g = torch.Generator().manual_seed(0)
+    feats = torch.randn(24, 8, generator=g)
+    pids = [i % 4 for i in range(24)]
+    kinds = ["image"] * 12 + ["text"] * 12
+    fig = tsne_figure({"model": (feats, pids, kinds)}, n_ids=4, seed=0)
+    ax = fig.axes[0]
+    assert "markers: o image, ^ text" in ax.get_title()
+    assert sum(len(c.get_offsets()) for c in ax.collections) == 24  # every point once
+    plain = tsne_figure({"model": (feats, pids)}, n_ids=4, seed=0)
+    assert "markers" not in plain.axes[0].get_title()

@@ -87,7 +87,7 @@ DUMMY_PARAMS = {
 
 def test_registry_finds_every_method_module_with_its_rows():
     methods = available_methods()
-    assert {"baseline", "ssan", "nafs"} <= set(methods)
+    assert {"baseline", "ssan", "nafs", "lcr2s_teacher", "lcr2s"} <= set(methods)
     for name in methods:
         method = get_method(name)
         assert isinstance(method, Method) and method.name == name
@@ -96,7 +96,7 @@ def test_registry_finds_every_method_module_with_its_rows():
         get_method("nope")
 
 
-@pytest.mark.parametrize("method", ["baseline", "ssan", "nafs", "cmr"])
+@pytest.mark.parametrize("method", [m for m in available_methods() if get_method(m).task == "text_image"])
 def test_every_model_follows_the_contract(method, tiny_params):
     from tireid_core.experiment import build_experiment
 

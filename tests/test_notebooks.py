@@ -93,7 +93,7 @@ def test_notebook_runs_on_tiny_profile(name, tiny_pipeline):
     errors = [o for c in nb.cells if c.cell_type == "code" for o in c.outputs if o.output_type == "error"]
     assert not errors
     assert (runs / "notebooks" / f"{name}.html").exists()
-    if name in ("baseline", "ssan", "nafs", "san", "cmr"):
+    if name in ("baseline", "ssan", "nafs", "san", "cmr", "lcr2s"):
         metrics = json.loads((runs / name / "full" / "metrics.json").read_text())
         assert 0 <= metrics["best"]["test"]["R@1"] <= 100
         assert (runs / name / "figures" / "retrieval.png").exists()
@@ -102,7 +102,8 @@ def test_notebook_runs_on_tiny_profile(name, tiny_pipeline):
         assert (runs / method / "analysis" / "figures" / "val_curves.png").exists()
         assert "share one recipe" in text
     if name.endswith("_analysis") and get_method(method).task == "text_image":  # the same kind of model as the baseline
-        assert "full vs global_only" in text
+        global_row = "single_view" if method == "lcr2s" else "global_only"  # the row each paper's claims start from
+        assert f"full vs {global_row}" in text
         assert "minus baseline full" in text and "the baseline run is missing" not in text
     if name == "san_analysis":
         analysis = json.loads((runs / "san" / "analysis" / "analysis.json").read_text())
@@ -114,6 +115,18 @@ def test_notebook_runs_on_tiny_profile(name, tiny_pipeline):
         analysis = json.loads((runs / "ssan" / "analysis" / "analysis.json").read_text())
         assert set(analysis) == {"intra_class_ratio", "word_part_agreement", "word_part_chance"}
         assert (runs / "ssan" / "analysis" / "figures" / "tsne_text_intra_class.png").exists()
+    if name == "lcr2s":
+        shown = "".join(o.get("data", {}).get("text/plain", "") for c in nb.cells if c.cell_type == "code"
+                        for o in c.outputs)
+        assert "ORACLE (test labels)" in shown  # the teacher with test supports appears labelled, in its own table
+        assert (runs / "lcr2s" / "figures" / "support_set.png").exists()
+    if name == "lcr2s_analysis":
+        analysis = json.loads((runs / "lcr2s" / "analysis" / "analysis.json").read_text())
+        assert set(analysis) == {"oracle_r1_by_k", "oracle_r1_mean_fusion", "intra_class_ratio", "mhaf_attention",
+                                 "view_probe_auc"}
+        assert set(analysis["oracle_r1_by_k"]) == {"1", "2", "3"} and len(analysis["intra_class_ratio"]) == 3
+        for name_ in ("tsne.png", "mhaf_attention.png"):
+            assert (runs / "lcr2s" / "analysis" / "figures" / name_).exists()
     if name == "nafs_analysis":
         analysis = json.loads((runs / "nafs" / "analysis" / "analysis.json").read_text())
         assert set(analysis) == {"rvn_r1_by_k", "official_rvn_shuffled_order_r1", "word_region_agreement"}

@@ -101,6 +101,19 @@ def test_stage_dependencies_cover_what_the_code_imports():
                                             for f in files}))) <= files, name
 
 
+def test_a_method_that_reads_another_depends_on_its_finished_runs():
+    """Method.reads: every row of the LCR²S student depends on every teacher row's checkpoints, resolved parameters
+    and metrics (one list for the whole foreach), and its notebooks read the teacher runs too."""
+    stages = build_stages()["stages"]
+    deps = set(stages["train_lcr2s"]["do"]["deps"])
+    for row in method_rows("lcr2s_teacher", REPO / "params.yaml"):
+        assert {f"runs/demo/lcr2s_teacher/{row}/{f}" for f in ("checkpoints", "params.resolved.yaml",
+                                                               "metrics.json")} <= deps
+        assert f"runs/demo/lcr2s_teacher/{row}/features_test.pt" in stages["lcr2s_analysis"]["deps"]
+    assert "lcr2s_teacher" in stages["lcr2s_analysis"]["params"]
+    assert not any("lcr2s_teacher" in d for d in stages["train_lcr2s_teacher"]["do"]["deps"] if d.startswith("runs/"))
+
+
 def test_imports_inside_functions_count():
     found = imports_of_source("def f():\n    from tireid_core.models.ssan import SSAN\n")
     assert found == {"tireid_core.models.ssan"}

@@ -128,6 +128,9 @@ def test_clip_tokenizer_is_the_same_whenever_it_is_learnt():
     assert first.convert_ids_to_tokens(first("backpack")["input_ids"])[1:-1] == ["backpack</w>"]
 
 
+PAPER_BACKBONE_LR_MULT = {"san": 1.0, "cmr": 0.05, "lcr2s_teacher": 1.0, "lcr2s": 1.0}  # the rest: 0.1
+
+
 @pytest.mark.parametrize("method", available_methods())
 def test_demo_loads_the_stand_ins_where_the_paper_loads_public_weights(method):
     demo, paper = load_run_params(method, REPO / "params.yaml"), load_run_params(method, REPO / "params.yaml",
@@ -145,10 +148,10 @@ def test_demo_loads_the_stand_ins_where_the_paper_loads_public_weights(method):
         assert demo.model.text_model == str(REPO / outs.text.out)
     elif paper.model.text_encoder == "bilstm":  # SSAN: word embeddings and Bi-LSTM from scratch, as in the paper
         assert demo.model.text_encoder == paper.model.text_encoder
-    # the papers train pretrained parts slower (0.1 lr; CMR's PLOT recipe 0.05; SAN's official code: every layer at one
-    # lr, docs/san.md §4); the demo's much weaker stand-ins train at the full rate (on val, 0.1 left every row far
-    # behind: README "Budgets")
-    assert paper.train.backbone_lr_mult == {"san": 1.0, "cmr": 0.05}.get(method, 0.1) and demo.train.backbone_lr_mult == 1.0
+    # the papers train pretrained parts slower (0.1 lr; CMR's PLOT recipe 0.05; SAN's official code and LCR²S's TIPCB
+    # recipe: every layer at one lr, docs/san.md §4, docs/lcr2s.md); the demo's much weaker stand-ins train at the full
+    # rate (on val, 0.1 left every row far behind: README "Budgets")
+    assert paper.train.backbone_lr_mult == PAPER_BACKBONE_LR_MULT.get(method, 0.1) and demo.train.backbone_lr_mult == 1.0
 
 
 SHARED_RECIPE = ("epochs", "batch_size", "lr", "schedule", "warmup_epochs", "backbone_lr_mult")

@@ -7,7 +7,7 @@ import pytest
 import torch
 
 from tireid_core.metrics import reid_metrics, retrieval_metrics
-from tireid_core.stats import bootstrap_interval, paired_bootstrap_difference
+from tireid_core.stats import auc_comparison, bootstrap_interval, paired_bootstrap_difference
 
 # --- per-query values behind R@1 and mAP ----------------------------------------------------------
 
@@ -220,3 +220,14 @@ def test_spearman_and_its_cluster_bootstrap():
     assert r["low"] <= r["rho"] <= r["high"] and r["rho"] > 0.9 and r["n"] == 40
     with pytest.raises(ValueError, match="groups has 3 labels"):
         bootstrap_rank_correlation(x, y, groups=[0, 1, 2])
+
+
+def test_auc_comparison_by_hand():
+    out = auc_comparison([1, 0, 1, 0], {"a": [0.9, 0.1, 0.4, 0.5], "b": [0.9, 0.1, 0.5, 0.5]}, n_resamples=50)
+    # a: pairs (0.9>0.1, 0.9>0.5, 0.4>0.1, 0.4<0.5) = 3/4; b: the tie 0.5 = 0.5 counts one half: 3.5/4
+    assert out["a"]["auc"] == 75.0 and out["b"]["auc"] == 87.5 and out["b"]["diff"] == 12.5
+    assert "diff" not in out["a"] and out["a"]["low"] <= 75.0 <= out["a"]["high"]
+    with pytest.raises(ValueError, match="both classes"):
+        auc_comparison([1, 1], {"a": [0.1, 0.2]})
+    with pytest.raises(ValueError, match="one score per label"):
+        auc_comparison([1, 0], {"a": [0.1]})

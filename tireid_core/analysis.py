@@ -262,9 +262,10 @@ def intra_class_ratio(feats: torch.Tensor, pids) -> float:
     return float(within / between)
 
 
-def tsne_figure(embeddings: dict[str, tuple[torch.Tensor, list[int]]], n_ids: int = 10, seed: int = 0):
-    """t-SNE of text embeddings of `n_ids` identities (the same, seeded choice for every model), one panel per model,
-    with the intra-class ratio in each title."""
+def tsne_figure(embeddings: dict[str, tuple], n_ids: int = 10, seed: int = 0):
+    """t-SNE of embeddings of `n_ids` identities (the same, seeded choice for every model), one panel per model, with
+    the intra-class ratio in each title. Each value is (features, pids) or (features, pids, kinds): `kinds` names each
+    point's group (e.g. "image" / "text" for both modalities in one space), drawn with its own marker."""
     from sklearn.manifold import TSNE
 
     first_pids = next(iter(embeddings.values()))[1]
@@ -273,15 +274,21 @@ def tsne_figure(embeddings: dict[str, tuple[torch.Tensor, list[int]]], n_ids: in
     chosen = sorted(all_ids[i] for i in torch.randperm(len(all_ids), generator=g)[:n_ids].tolist())
     fig, axes = plt.subplots(1, len(embeddings), figsize=(5 * len(embeddings), 4.6), squeeze=False)
     palette = plt.get_cmap("tab10" if n_ids <= 10 else "tab20")
-    for ax, (name, (feats, pids)) in zip(axes[0], embeddings.items()):
+    for ax, (name, (feats, pids, *rest)) in zip(axes[0], embeddings.items()):
+        kinds = rest[0] if rest else [""] * len(pids)
+        markers = dict(zip(sorted(set(kinds)), "o^sDv"))
         keep = [i for i, p in enumerate(pids) if p in chosen]
         x = torch.nn.functional.normalize(feats[keep].float(), dim=1).numpy()
         xy = TSNE(n_components=2, perplexity=min(30, max(5, len(keep) // 4)), random_state=seed, init="pca").fit_transform(x)
         for c, p in enumerate(chosen):
-            sel = [j for j, i in enumerate(keep) if pids[i] == p]
-            ax.scatter(xy[sel, 0], xy[sel, 1], s=18, color=palette(c % palette.N), label=str(p))
+            for kind, marker in markers.items():
+                sel = [j for j, i in enumerate(keep) if pids[i] == p and kinds[i] == kind]
+                ax.scatter(xy[sel, 0], xy[sel, 1], s=18, color=palette(c % palette.N), marker=marker,
+                           label=str(p) if kind == next(iter(markers)) else None)
         ratio = intra_class_ratio(feats[keep], [pids[i] for i in keep])
-        ax.set_title(f"{name}\nintra/inter distance ratio {ratio:.3f}", fontsize=9)
+        legend = ", ".join(f"{m} {k}" for k, m in markers.items()) if len(markers) > 1 else ""
+        ax.set_title(f"{name}\nintra/inter distance ratio {ratio:.3f}" + (f"\nmarkers: {legend}" if legend else ""),
+                     fontsize=9)
         ax.set_xticks([])
         ax.set_yticks([])
     axes[0, -1].legend(title="identity", fontsize=7, bbox_to_anchor=(1.02, 1), loc="upper left")

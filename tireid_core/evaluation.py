@@ -33,11 +33,12 @@ def _cpu_float(feats: dict) -> dict:
 
 
 @torch.no_grad()
-def encode_images(exp: Experiment, paths: list, device: torch.device, model: nn.Module, desc: str) -> dict:
+def encode_images(exp: Experiment, paths: list, device: torch.device, model: nn.Module, desc: str,
+                  progress: bool = True) -> dict:
     bs = exp.params.eval.batch_size
     images = ImageDataset(paths, exp.image_loader(train=False))
     chunks = []
-    for start in tqdm(range(0, len(images), bs), desc=desc, leave=False, disable=dist.rank() != 0):
+    for start in tqdm(range(0, len(images), bs), desc=desc, leave=False, disable=not progress or dist.rank() != 0):
         batch = image_batch(torch.stack([images[i] for i in range(start, min(start + bs, len(images)))]), device,
                             exp.params.train.channels_last)
         chunks.append(_cpu_float(model.encode_images(batch)))
@@ -45,26 +46,31 @@ def encode_images(exp: Experiment, paths: list, device: torch.device, model: nn.
 
 
 @torch.no_grad()
-def encode_texts(exp: Experiment, captions: list[str], device: torch.device, model: nn.Module, desc: str) -> dict:
+def encode_texts(exp: Experiment, captions: list[str], device: torch.device, model: nn.Module, desc: str,
+                 progress: bool = True) -> dict:
     bs, collate = exp.params.eval.batch_size, exp.collate()
     chunks = []
-    for start in tqdm(range(0, len(captions), bs), desc=desc, leave=False, disable=dist.rank() != 0):
+    for start in tqdm(range(0, len(captions), bs), desc=desc, leave=False, disable=not progress or dist.rank() != 0):
         chunks.append(_cpu_float(model.encode_texts(to_device(collate.tokenize(captions[start:start + bs]), device))))
     return _concat(chunks)
 
 
-def encode_eval_set(exp: Experiment, evalset, device: torch.device, model: nn.Module | None = None):
-    """(gallery features, query features) of a split, each a dict of float32 CPU tensors."""
+def encode_eval_set(exp: Experiment, evalset, device: torch.device, model: nn.Module | None = None,
+                    progress: bool = True):
+    """(gallery features, query features) of a split, each a dict of float32 CPU tensors (`progress`: the bars;
+    notebooks turn them off)."""
     model = model or exp.model
     was_training = model.training
     model.eval()
     try:
         if isinstance(evalset, TextImageEvalSet):
-            gallery = encode_images(exp, evalset.image_paths, device, model, f"{evalset.split} images")
-            queries = encode_texts(exp, evalset.captions, device, model, f"{evalset.split} texts")
+            gallery = encode_images(exp, evalset.image_paths, device, model, f"{evalset.split} images", progress)
+            queries = encode_texts(exp, evalset.captions, device, model, f"{evalset.split} texts", progress)
         else:
-            gallery = encode_images(exp, [im.path for im in evalset.gallery], device, model, f"{evalset.split} gallery")
-            queries = encode_images(exp, [im.path for im in evalset.query], device, model, f"{evalset.split} query")
+            gallery = encode_images(exp, [im.path for im in evalset.gallery], device, model,
+                                    f"{evalset.split} gallery", progress)
+            queries = encode_images(exp, [im.path for im in evalset.query], device, model, f"{evalset.split} query",
+                                    progress)
     finally:
         model.train(was_training)
     return gallery, queries

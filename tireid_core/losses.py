@@ -560,3 +560,48 @@ def cmr_loss(
     loss = ranking_loss(img, txt, pids, margin=margin, anchor_margins=(m_img, m_txt), anchor_ok=ok,
                         generator=generator)
     return loss, (m_img, m_txt)
+
+
+# ------------------------------------------------------------------ LCR²S distillation (docs/lcr2s.md §3.2)
+
+_RELATIONS = ("cosine", "softmax_t")
+
+
+def feature_kd_loss(student: torch.Tensor, teacher: torch.Tensor, *, normalise: bool = True) -> torch.Tensor:
+    """LCR²S feature distillation: mean over samples of ‖s_i − t_i‖² (the squared distance summed over dimensions).
+
+    `student`, `teacher`: B×d features of the same samples; the teacher side is a fixed target (detached here, so a
+    caller cannot train the teacher by mistake). `normalise=True` L2-normalises both first, so the term equals
+    2 − 2·cos(s_i, t_i) per sample, scale-free whatever the feature norms (the reconstruction's default). Summing over
+    dimensions rather than averaging keeps the term O(1) at any width d, like the base loss.
+    """
+    if student.shape != teacher.shape or student.dim() != 2:
+        raise ValueError(f"expected student and teacher features of one shape B×d, got {tuple(student.shape)} and "
+                         f"{tuple(teacher.shape)}")
+    teacher = teacher.detach()
+    if normalise:
+        student, teacher = F.normalize(student, dim=1, eps=1e-12), F.normalize(teacher, dim=1, eps=1e-12)
+    return (student - teacher).pow(2).sum(1).mean()
+
+
+def relation_matrix(image_feats: torch.Tensor, text_feats: torch.Tensor, *, relation: str = "cosine",
+                    temperature: float = 0.1) -> torch.Tensor:
+    """R_ij between image i and text j of a batch (B×B): their cosine (`"cosine"`), or the row-wise softmax over the
+    texts of cosine / temperature (`"softmax_t"`, each image's distribution over the batch's captions)."""
+    if relation not in _RELATIONS:
+        raise ValueError(f"relation must be one of {_RELATIONS}, got {relation!r}")
+    r = F.normalize(image_feats, dim=1, eps=1e-12) @ F.normalize(text_feats, dim=1, eps=1e-12).t()
+    return r if relation == "cosine" else (r / temperature).softmax(dim=1)
+
+
+def relation_kd_loss(student_image: torch.Tensor, student_text: torch.Tensor, teacher_image: torch.Tensor,
+                     teacher_text: torch.Tensor, *, relation: str = "cosine", temperature: float = 0.1) -> torch.Tensor:
+    """LCR²S relation distillation: (1/B²) ‖R^S − R^T‖²_F over the image–text relation matrices of the batch
+    (`relation_matrix`), R^T from the teacher's (detached) features. Dividing by B² makes it the mean squared entry,
+    independent of the batch size; it sees the whole batch, so under DDP pass the gathered features."""
+    r_s = relation_matrix(student_image, student_text, relation=relation, temperature=temperature)
+    r_t = relation_matrix(teacher_image.detach(), teacher_text.detach(), relation=relation, temperature=temperature)
+    if r_s.shape != r_t.shape:
+        raise ValueError(f"student and teacher relation matrices differ in shape: {tuple(r_s.shape)} vs "
+                         f"{tuple(r_t.shape)}")
+    return (r_s - r_t).pow(2).sum() / r_s.shape[0] ** 2

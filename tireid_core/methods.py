@@ -136,6 +136,9 @@ class Method:
     ``model(params, vocab_size, num_classes, tokenizer)`` builds the network; ``task`` is ``"text_image"`` or
     ``"image_reid"``. ``test_time`` names the dotted keys of the method's section that only change how a finished run
     is re-scored (NAFS's re-ranking): training never reads them, so its DVC stage does not depend on them.
+    ``reads``: methods whose finished runs this method's training loads (LCR²S's student distils
+    from a trained teacher): `load_run_params` puts their run folders into ``params.reads`` and accepts ``--set``
+    keys of their sections, and the pipeline makes the training stage depend on their checkpoints.
     """
 
     name: str
@@ -143,6 +146,7 @@ class Method:
     model: type
     task: str = "text_image"
     test_time: tuple[str, ...] = ()
+    reads: tuple[str, ...] = ()
 
 
 def get_method(name: str, package: str = "tireid_core.models") -> Method:

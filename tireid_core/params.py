@@ -41,8 +41,9 @@ class DataParams:
     max_words: int = 48  # tokens per caption, special tokens included
     # Support sets: each training sample also carries K captions of *other* images of its identity and K other images
     # of its identity (SSAN's weak caption is support_captions = 1; LCR²S uses both). Identities with too few:
-    # skip = drop them from training (said in a warning), duplicate = draw with replacement, augment = fill with the
-    # sample's own caption / a re-augmented copy of its own image.
+    # skip = drop them from training (said in a warning), duplicate = draw with replacement (the sample itself when it
+    # has no other image), augment = fill with the sample's own caption / a re-augmented copy of its own image. The
+    # batch flags the supports that are the sample itself (support_images_self, support_captions_self).
     support_captions: int = 0
     support_images: int = 0
     support_policy: Literal["skip", "duplicate", "augment"] = "skip"
@@ -153,6 +154,8 @@ class RunParams:
     eval: EvalParams = field(default_factory=EvalParams)
     method: str = ""  # filled by load_run_params, written to params.resolved.yaml
     row: str = ""
+    # filled by load_run_params: the run folder (the section's out_dir) of each method this one reads (Method.reads)
+    reads: dict[str, str] = field(default_factory=dict)
 
     def check(self, key: str) -> None:
         """Cross-field checks of a method go in its subclass's `check` (call super().check first)."""
@@ -183,6 +186,12 @@ def _check_value(value: Any, annotation: Any, key: str) -> Any:
             raise ParamsError(f"{key}: expected a list, got {value!r}")
         (item_type,) = typing.get_args(annotation)
         return [_check_value(v, item_type, f"{key}[{i}]") for i, v in enumerate(value)]
+    if origin is dict:
+        if not isinstance(value, dict):
+            raise ParamsError(f"{key}: expected a mapping, got {value!r}")
+        key_type, item_type = typing.get_args(annotation)
+        return {_check_value(k, key_type, f"{key} key"): _check_value(v, item_type, f"{key}.{k}")
+                for k, v in value.items()}
     if annotation is float:
         if isinstance(value, bool) or not isinstance(value, (int, float)):
             raise ParamsError(f"{key}: expected a number, got {value!r}")
@@ -354,11 +363,17 @@ def _nest(dotted: dict) -> dict:
     return out
 
 
-def _check_set_sections(sets: list[str], method: str, sections: dict) -> None:
-    """A --set key outside the run's method section would be silently unused: refuse it, naming the key."""
+def set_section(item: str) -> str:
+    """The section a ``--set`` assignment addresses (the first part of its dotted key)."""
+    return item.split("=", 1)[0].strip().split(".", 1)[0]
+
+
+def _check_set_sections(sets: list[str], method: str, sections: dict, reads: tuple[str, ...] = ()) -> None:
+    """A --set key outside the run's method section (and the sections of the methods it reads) would be silently
+    unused: refuse it, naming the key."""
     for item in sets:
-        head = item.split("=", 1)[0].strip().split(".", 1)[0]
-        if head == method or head == f"{method}_rows":
+        head = set_section(item)
+        if head in (method, f"{method}_rows", *reads):
             continue
         hint = (f" (did you mean {method}.{item.split('=', 1)[0].strip()}?)"
                 if head in {f.name for f in dataclasses.fields(RunParams)} else "")
@@ -381,11 +396,11 @@ def load_run_params(method: str, params_file: str | Path | None = None, row: str
     params_file = resolve_params_file(params_file)
     sets = list(sets or [])
     sections = load_sections(params_file, profile=profile, configs_dir=configs_dir)
-    _check_set_sections(sets, method, sections)
     try:
         spec = get_method(method)
     except ValueError as err:
         raise ParamsError(str(err)) from None
+    _check_set_sections(sets, method, sections, spec.reads)
     if method not in sections:
         raise ParamsError(f"{params_file}: section {method!r} missing (sections: {', '.join(sorted(sections))})")
     section = sections[method]
@@ -404,6 +419,10 @@ def load_run_params(method: str, params_file: str | Path | None = None, row: str
     if params.model.text_model.startswith(("./", "../")):  # a local save_pretrained folder, not a hub name
         params.model.text_model = str((base / params.model.text_model).resolve())
     params.method, params.row = method, row or ""
+    # the methods this one reads, under the same profile and their own --set keys (a student finds its teacher)
+    params.reads = {name: load_run_params(name, params_file, profile=profile, configs_dir=configs_dir,
+                                          sets=[s for s in sets if set_section(s) == name]).out_dir
+                    for name in spec.reads}
     return params
 
 

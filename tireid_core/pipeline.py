@@ -99,7 +99,7 @@ def _rel(path: str, root: Path) -> str:
 
 
 def build_stages(root: Path = REPO) -> dict:
-    from tireid_core.methods import available_methods
+    from tireid_core.methods import available_methods, get_method
     from tireid_core.params import load_run_params, load_section, method_rows
 
     params_file = root / "params.yaml"
@@ -154,29 +154,37 @@ def build_stages(root: Path = REPO) -> dict:
         method_dir = str(Path(run_dirs[next(iter(rows))]).parent)
         row_dir = f"{method_dir}/${{key}}"
         weights = _stand_ins_used(load_run_params(method, params_file), stand_ins, root)
+        # the finished runs this method's training loads (Method.reads: a student's teachers), every row of each, so
+        # that all rows of the foreach share one list of deps
+        read_dirs = [_rel(load_run_params(name, params_file, row=row).out_dir, root)
+                     for name in get_method(method).reads for row in method_rows(name, params_file)]
         stages[f"train_{method}"] = {
             "foreach": f"${{{method}_rows}}",
             "do": {
                 "cmd": f"python -m tireid_core.train {method} --row ${{key}}",
                 "deps": [data_dir, *weights, *code_deps({"tireid_core.train", "tireid_core.engine",
                                                           "tireid_core.experiment", f"tireid_core.models.{method}"},
-                                                         root=root)],
+                                                         root=root),
+                         *[f"{d}/{f}" for d in read_dirs
+                           for f in ("checkpoints", "params.resolved.yaml", "metrics.json")]],
                 "params": [*_training_params(method, params_file), f"{method}_rows.${{key}}"],
                 "outs": [f"{row_dir}/{o}" for o in RUN_OUTPUTS],
                 # cached (not git-tracked: runs/ is ignored), so `dvc exp show` reads each experiment's metrics
                 "metrics": [f"{row_dir}/metrics.json"],
             },
         }
-        finished = [f"{d}/{f}" for d in run_dirs.values()
+        finished = [f"{d}/{f}" for d in [*run_dirs.values(), *read_dirs]
                     for f in ("metrics.json", "history.json", "eval", "features_test.pt", "checkpoints")]
         refs = ["references/reference_results.yaml"]
         reads = [data_dir, *weights, *finished, *refs]  # notebooks rebuild the selected model: the stand-ins too
+        # a method's notebooks read the runs it reads, too (a student's notebook shows its teacher)
+        sections = [method, f"{method}_rows", *[s for name in get_method(method).reads for s in (name, f"{name}_rows")]]
         if (root / "notebooks" / f"{method}.ipynb").exists():
-            notebook_stage(method, [method, f"{method}_rows"], reads, [f"{method_dir}/figures"])
+            notebook_stage(method, list(sections), reads, [f"{method_dir}/figures"])
         if (root / "notebooks" / f"{method}_analysis.ipynb").exists():
             # an analysis compares the paper's global-only row with the baseline's finished run
             baseline = [] if method == BASELINE else [f"{baseline_dir}/{f}" for f in ("metrics.json", "eval")]
-            notebook_stage(f"{method}_analysis", [method, f"{method}_rows"], [*reads, *baseline], [f"{method_dir}/analysis/figures"],
+            notebook_stage(f"{method}_analysis", list(sections), [*reads, *baseline], [f"{method_dir}/analysis/figures"],
                            metrics=[f"{method_dir}/analysis/analysis.json"])
         plots.append({f"{method}_val_R@1": {
             "template": "linear", "x": "step", "title": f"{method}: val R@1 per epoch, every row",

@@ -18,7 +18,8 @@ import pandas as pd
 
 from tireid_core.evaluation import REPORTED_KEYS, bootstrap_ci95, load_features, summary
 from tireid_core.io import load_checkpoint, load_model_state
-from tireid_core.params import RunParams, load_run_params, method_rows, resolve_params_file
+from tireid_core.methods import get_method
+from tireid_core.params import RunParams, load_run_params, method_rows, resolve_params_file, set_section
 from tireid_core.stats import paired_bootstrap_difference
 
 PER_QUERY_FILE = "eval/test_best_per_query.json"  # written by `evaluation.final_evaluation`
@@ -112,8 +113,9 @@ def load_run(method: str, row: str = "full", params_file: str | Path | None = No
     """The finished run of `row`; trains a quick one into runs/interactive/ when asked and none exists."""
     params_file = resolve_params_file(params_file)
     # A notebook may get overrides of several sections (the pipeline test points every section at scratch folders);
-    # this run takes those of its own method.
-    sets = [s for s in sets or [] if s.split("=", 1)[0].split(".", 1)[0] in (method, f"{method}_rows")]
+    # this run takes those of its own method and of the methods it reads (a student's teacher).
+    own = (method, f"{method}_rows", *get_method(method).reads)
+    sets = [s for s in sets or [] if set_section(s) in own]
     params = load_run_params(method, params_file, row=row, profile=profile, sets=sets)
     label = method_rows(method, params_file, profile=profile, sets=sets)[row].label
     run_dir = Path(params.out_dir)
@@ -204,11 +206,13 @@ def identical_rows(runs: dict[str, FinishedRun]) -> list[tuple[str, str]]:
 
 
 def baseline_comparison(name: str, global_run, params_file, profile: str, sets: list) -> list[str]:
-    """Lines comparing a paper's global-only row with the baseline's full row, the same kind of model: their paired
-    difference, the budget caveat and what differs between them; or why they cannot be compared."""
+    """Lines comparing a paper's global-only row (``global_only``, or the run's own row name) with the baseline's full
+    row, the same kind of model: their paired difference, the budget caveat and what differs between them; or why
+    they cannot be compared."""
     from tireid_core.analysis import agreement_line, budget_caveat, recipe_line
 
-    title = f"{name} global_only vs baseline full"
+    row = global_run.row if global_run is not None else "global_only"
+    title = f"{name} {row} vs baseline full"
     try:
         baseline = load_run("baseline", "full", params_file, profile, sets)
     except RunMissing as err:
@@ -217,7 +221,7 @@ def baseline_comparison(name: str, global_run, params_file, profile: str, sets: 
         same = paired_difference(baseline, global_run)
     except ValueError as err:  # the two runs were evaluated on different test queries
         return [f"{title}: not compared: {err}"]
-    lines = [agreement_line(f"{name} global_only minus baseline full ({baseline.label})", same),
+    lines = [agreement_line(f"{name} {row} minus baseline full ({baseline.label})", same),
              budget_caveat([baseline, global_run]),
              f"  text encoders: {name} {global_run.params.model.text_encoder}, "
              f"baseline {baseline.params.model.text_encoder}"]

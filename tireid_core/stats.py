@@ -118,3 +118,47 @@ def bootstrap_rank_correlation(x, y, groups=None, *, n_resamples: int = 1000, le
     low, high = np.percentile(rhos, [100.0 * alpha, 100.0 * (1.0 - alpha)]) if rhos else (float("nan"),) * 2
     return {"rho": round(spearman(x, y), 4), "low": round(float(low), 4), "high": round(float(high), 4),
             "n": int(x.size)}
+
+
+def _auc(labels: np.ndarray, scores: np.ndarray) -> float:
+    """Area under the ROC curve: the fraction of (positive, negative) pairs whose positive scores higher, ties
+    counting one half (the Mann–Whitney statistic, over all pairs: fine for probe-sized sets)."""
+    pos, neg = scores[labels == 1], scores[labels == 0]
+    return float((pos[:, None] > neg[None, :]).mean() + 0.5 * (pos[:, None] == neg[None, :]).mean())
+
+
+def auc_comparison(labels, scores: dict, *, n_resamples: int = 1000, level: float = 0.95, seed: int = 0) -> dict:
+    """AUC of each model's scores for binary `labels` (one value per item, e.g. a linear probe's decision values on
+    test images), in percent, with percentile-bootstrap intervals over resampled items; and, for every model after
+    the first, its paired difference to the first (the same resampled items for both).
+
+    Returns {model: {"auc", "low", "high"[, "diff", "diff_low", "diff_high"]}}. Resamples that lose one of the two
+    classes are drawn again (they have no AUC).
+    """
+    _check(n_resamples, level)
+    y = _as_values(labels, "labels")
+    if not set(np.unique(y)) == {0.0, 1.0}:
+        raise ValueError("labels must hold both classes, as 0 and 1")
+    values = {name: _as_values(s, name) for name, s in scores.items()}
+    if any(v.size != y.size for v in values.values()):
+        raise ValueError(f"every model needs one score per label ({y.size}): "
+                         f"{ {name: v.size for name, v in values.items()} }")
+    rng = np.random.default_rng(seed)
+    resampled = {name: [] for name in values}
+    while len(next(iter(resampled.values()))) < int(n_resamples):
+        idx = rng.integers(0, y.size, size=y.size)
+        if y[idx].min() == y[idx].max():
+            continue
+        for name, v in values.items():
+            resampled[name].append(_auc(y[idx], v[idx]))
+    names = list(values)
+    out = {}
+    for name in names:
+        draws = np.asarray(resampled[name])
+        low, high = _percentiles(draws, level)
+        out[name] = {"auc": _points(_auc(y, values[name])), "low": low, "high": high}
+        if name != names[0]:
+            d_low, d_high = _percentiles(draws - np.asarray(resampled[names[0]]), level)
+            out[name].update({"diff": _points(_auc(y, values[name]) - _auc(y, values[names[0]])),
+                              "diff_low": d_low, "diff_high": d_high})
+    return out

@@ -20,7 +20,7 @@ def sample_generator(seed: int, epoch: int, index: int) -> torch.Generator:
     return torch.Generator().manual_seed(int(state[0]) << 31 | int(state[1]) >> 1)
 
 
-def _draw(candidates: list[int], k: int, policy: str, generator: torch.Generator) -> list[int | None]:
+def draw_supports(candidates: list[int], k: int, policy: str, generator: torch.Generator) -> list[int | None]:
     """k picks from `candidates`: without replacement while they last; when fewer than k exist, `duplicate` draws the
     rest with replacement, `augment` (and `skip`, whose short identities were dropped) leaves None = the sample itself.
     """
@@ -59,7 +59,9 @@ class PairDataset(Dataset):
 
     Support sets: with `support_captions` = K each item also carries K captions drawn from the captions of the *other
     images* of its identity (never its own image's other captions); with `support_images` = K, K other images of its
-    identity. SSAN's weak positive caption is K = 1 captions; LCR²S uses both. See `_draw` for the policy.
+    identity. SSAN's weak positive caption is K = 1 captions; LCR²S uses both. See `draw_supports` for the policy;
+    ``support_captions_self`` / ``support_images_self`` (K booleans) mark the supports that fell back to the sample
+    itself, so a model can treat them its own way (LCR²S: mask them, or use the identical image).
     """
 
     def __init__(self, pairs: list[CaptionPair], load_image, label_of_pid: dict[int, int] | None = None,
@@ -98,20 +100,27 @@ class PairDataset(Dataset):
     def __len__(self) -> int:
         return len(self.pairs)
 
+    def support_picks(self, i: int) -> tuple[list[int | None], list[int | None]]:
+        """Sample i's support sets this epoch as pair indices (captions, images); None = the sample itself."""
+        generator = sample_generator(self.seed, self.epoch, i)
+        captions = draw_supports(self.other_captions[i], self.support_captions, self.policy, generator)
+        images = draw_supports(self.other_images[i], self.support_images, self.policy, generator)
+        return captions, images
+
     def __getitem__(self, i: int) -> dict:
         p = self.pairs[i]
         label = self.label_of_pid[p.pid] if self.label_of_pid is not None else -1
         item = {"image": self.load_image(p.path), "caption": p.caption, "label": label, "pid": p.pid, "index": i}
         if not (self.support_captions or self.support_images):
             return item
-        generator = sample_generator(self.seed, self.epoch, i)
+        caption_picks, image_picks = self.support_picks(i)
         if self.support_captions:
-            picks = _draw(self.other_captions[i], self.support_captions, self.policy, generator)
-            item["support_captions"] = [self.pairs[j].caption if j is not None else p.caption for j in picks]
+            item["support_captions"] = [self.pairs[j].caption if j is not None else p.caption for j in caption_picks]
+            item["support_captions_self"] = torch.tensor([j is None for j in caption_picks])
         if self.support_images:
-            picks = _draw(self.other_images[i], self.support_images, self.policy, generator)
             item["support_images"] = torch.stack(
-                [self.load_image(self.pairs[j].path if j is not None else p.path) for j in picks])
+                [self.load_image(self.pairs[j].path if j is not None else p.path) for j in image_picks])
+            item["support_images_self"] = torch.tensor([j is None for j in image_picks])
         return item
 
 
@@ -171,7 +180,7 @@ class CaptionCollate:
     trimmed to the batch's longest unless `full_width` (SSAN's official global max sees the zero padding up to
     max_words, so there the width changes the output). Support captions
     (K per sample) are tokenised as one (B·K)-row batch, sample-major, under the ``support_`` prefix; support images
-    are stacked B × K × C × H × W.
+    are stacked B × K × C × H × W, the self-fallback flags B × K.
     """
 
     tokenizer: object
@@ -208,8 +217,9 @@ class CaptionCollate:
         }
         if "support_captions" in items[0]:
             batch.update(self.tokenize([c for it in items for c in it["support_captions"]], prefix="support_"))
-        if "support_images" in items[0]:
-            batch["support_images"] = torch.stack([it["support_images"] for it in items])
+        for key in ("support_captions_self", "support_images", "support_images_self"):
+            if key in items[0]:
+                batch[key] = torch.stack([it[key] for it in items])
         return batch
 
 
