@@ -189,6 +189,17 @@ def build_stages(root: Path = REPO) -> dict:
         plots.append({f"{method}_val_R@1": {
             "template": "linear", "x": "step", "title": f"{method}: val R@1 per epoch, every row",
             "y": {f"{d}/dvclive/plots/metrics/val/R@1.tsv": "R@1" for d in run_dirs.values()}}})
+    if (root / "notebooks" / "collection.ipynb").exists():
+        from tireid_core.collection import PAPERS
+
+        sections, reads = [], ["references/reference_results.yaml"]
+        for paper in PAPERS:
+            method = paper.method
+            method_dir = str(Path(_rel(load_run_params(method, params_file).out_dir, root)))
+            sections += [s for name in (method, *get_method(method).reads) for s in (name, f"{name}_rows")]
+            reads += [f"{method_dir}/{row}/{f}" for row in paper.rows for f in ("metrics.json", "eval")]
+            reads += sorted({f"{method_dir}/{Path(f.source).parent}" for f in paper.figures})
+        notebook_stage("collection", list(dict.fromkeys(sections)), reads, ["figures", "runs/demo/collection"])
     return {"stages": stages, "plots": plots}
 
 
