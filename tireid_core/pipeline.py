@@ -100,7 +100,7 @@ def _rel(path: str, root: Path) -> str:
 
 def build_stages(root: Path = REPO) -> dict:
     from tireid_core.methods import available_methods, get_method
-    from tireid_core.params import load_run_params, load_section, method_rows
+    from tireid_core.params import load_run_params, load_section, load_sections, method_rows
 
     params_file = root / "params.yaml"
     data_dir = load_section("simpedes", params_file)["out_dir"]
@@ -189,6 +189,44 @@ def build_stages(root: Path = REPO) -> dict:
         plots.append({f"{method}_val_R@1": {
             "template": "linear", "x": "step", "title": f"{method}: val R@1 per epoch, every row",
             "y": {f"{d}/dvclive/plots/metrics/val/R@1.tsv": "R@1" for d in run_dirs.values()}}})
+    if "noisy_correspondence" in load_sections(params_file):
+        from tireid_core.data.noisy import load_noisy_settings
+
+        noisy = load_noisy_settings(params_file)
+        noisy_dir = f"{noisy.data_dir}/${{item}}"
+        stages["simpedes_noisy"] = {
+            "foreach": "${noisy_correspondence.rates}",
+            "do": {
+                "cmd": f"python -m tireid_core.data.noisy --dataset simpedes --root {data_dir} --rate ${{item}} "
+                       f"--seed ${{noisy_correspondence.seed}} --out {noisy_dir}",
+                "deps": [data_dir, *code_deps({"tireid_core.data.noisy"}, root=root)],
+                "params": ["noisy_correspondence.seed"],
+                "outs": [noisy_dir],
+            },
+        }
+        reads = []
+        for method in noisy.methods:
+            # the full row at each rate: the method's own training stage with two overrides (NoisySettings.run_sets)
+            row_dir = f"{noisy.runs_dir}/${{item}}/{method}/full"
+            sets = " ".join(f"--set {s}" for s in noisy.run_sets(method, "${item}"))
+            train = stages[f"train_{method}"]["do"]
+            stages[f"train_{method}_noisy"] = {
+                "foreach": "${noisy_correspondence.rates}",
+                "do": {
+                    "cmd": f"python -m tireid_core.train {method} --row full {sets}",
+                    "deps": [noisy_dir if d == data_dir else d for d in train["deps"]],
+                    "params": [*_training_params(method, params_file), f"{method}_rows.full"],
+                    "outs": [f"{row_dir}/{o}" for o in RUN_OUTPUTS],
+                    "metrics": [f"{row_dir}/metrics.json"],
+                },
+            }
+            clean = _rel(load_run_params(method, params_file, row="full").out_dir, root)
+            reads += [f"{clean}/{f}" for f in ("metrics.json", "eval")]
+            reads += [f"{noisy.runs_dir}/{rate:g}/{method}/full/{f}" for rate in noisy.rates
+                      for f in ("metrics.json", "eval")]
+        notebook_stage("noisy_correspondence", ["noisy_correspondence", *noisy.methods],
+                       [*reads, "references/reference_results.yaml"],
+                       [f"{noisy.runs_dir}/summary.json", f"{noisy.runs_dir}/figures"])
     if (root / "notebooks" / "collection.ipynb").exists():
         from tireid_core.collection import PAPERS
 
