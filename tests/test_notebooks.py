@@ -138,6 +138,23 @@ def test_notebook_runs_on_tiny_profile(name, tiny_pipeline):
         for figure in ("commonality_histograms.png", "commonality_vs_frequency.png"):
             assert (runs / "cmr" / "analysis" / "figures" / figure).exists()
         assert "CMR (Park et al. 2024): numbers not available" in text
+    if name == "collection":
+        from tireid_core.collection import PAPERS
+
+        board = (runs / "collection" / "leaderboard.csv").read_text().splitlines()
+        assert len(board) == 1 + sum(len(p.rows) for p in PAPERS) and "MISSING" not in text
+        claims = (runs / "collection" / "claims.csv").read_text()
+        assert sum(len(p.claims) for p in PAPERS) == len(claims.splitlines()) - 1 and "not checked" not in claims
+        work = tiny_pipeline.work
+        for p in PAPERS:
+            for f in p.figures:
+                assert (work / "figures" / p.key / f.name).read_bytes() == (runs / p.method / f.source).read_bytes()
+        assert (work / "figures" / "collection" / "leaderboard_r1.png").exists()
+    if name == "noisy_correspondence":
+        summary = json.loads((runs / "noisy" / "summary.json").read_text())
+        assert len(summary["table"]) == 2 * 2 * 3  # methods x (clean + two rates) x (Best, Last)
+        assert set(summary["drop_vs_clean_R@1"]) == {"baseline 20%", "baseline 50%", "ssan 20%", "ssan 50%"}
+        assert (runs / "noisy" / "figures" / "r1_vs_noise.png").exists() and "noise lowers R@1" in text
 
 
 def test_analysis_without_the_baseline_says_so(tmp_path):
