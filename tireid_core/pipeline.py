@@ -233,7 +233,7 @@ def build_stages(root: Path = REPO) -> dict:
         sections, reads = [], ["references/reference_results.yaml"]
         for paper in PAPERS:
             method = paper.method
-            method_dir = str(Path(_rel(load_run_params(method, params_file).out_dir, root)))
+            method_dir = _rel(load_run_params(method, params_file).out_dir, root)
             sections += [s for name in (method, *get_method(method).reads) for s in (name, f"{name}_rows")]
             reads += [f"{method_dir}/{row}/{f}" for row in paper.rows for f in ("metrics.json", "eval")]
             reads += sorted({f"{method_dir}/{Path(f.source).parent}" for f in paper.figures})
